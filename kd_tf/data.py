@@ -177,7 +177,7 @@ class TextDataset:
                     f"{self.label_names}; give label_names for every id.")
         unique, counts = np.unique(self.ids.astype(str), return_counts=True)
         if unique.size != n:
-            dup = unique[np.argmax(counts)]
+            dup = str(unique[np.argmax(counts)])
             raise DataError(f"{self.source or 'TextDataset'}: the example id {dup!r} occurs "
                             f"{counts.max()} times; every example needs a unique id. Remove the "
                             f"duplicate (a file stored twice in an archive, for example).")
