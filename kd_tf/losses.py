@@ -475,23 +475,35 @@ def get(identifier):
 # ---------------------------------------------------------------------------------------------------------
 # Feature distillation (article, section 3.1)
 # ---------------------------------------------------------------------------------------------------------
-def _parse_feature(spec):
-    """'encoder_outputs/3' -> ('encoder_outputs', 3); 'pooled_output' -> ('pooled_output', None)."""
-    if isinstance(spec, (tuple, list)):
-        return spec[0], int(spec[1])
-    name, sep, index = str(spec).rpartition("/")
-    if sep and index.lstrip("-").isdigit():
-        return name, int(index)
-    return str(spec), None
+def feature_path(spec):
+    """Split a feature name into its path: `"encoder/encoder_outputs/3"` -> `("encoder", "encoder_outputs", 3)`.
+
+    The first component is a key of the model's dict output or a layer name; each further component
+    indexes into a dict (by key) or a list (by integer position).
+
+    Args:
+        spec: A string with `/` separators, or a tuple/list of components.
+
+    Returns:
+        A tuple of str and int components.
+
+    Example:
+    ```python
+    feature_path("encoder_outputs/3")  # ('encoder_outputs', 3)
+    ```
+    """
+    parts = list(spec) if isinstance(spec, (tuple, list)) else str(spec).split("/")
+    return tuple(int(p) if isinstance(p, int) or str(p).lstrip("-").isdigit() else str(p) for p in parts)
 
 
 @keras.saving.register_keras_serializable(package="kd_tf")
 class FeatureMatch(keras.layers.Layer):
     """Match one teacher feature to one student feature (article, section 3.1).
 
-    A feature is named by a key of the model's dict output (`"pooled_output"`), an element of a list
-    output (`"encoder_outputs/3"`, the 4th transformer layer of a TF-Hub BERT encoder), or a layer name of
-    a functional model (`"dense_1"`). When the widths differ, a learned linear projection maps the
+    A feature is named by a path (see `feature_path`): a key of the model's dict output
+    (`"pooled_output"`), an element of a list output (`"encoder_outputs/3"`, the 4th transformer layer of
+    a TF-Hub BERT encoder), a layer name of a functional model (`"dense_1"`), or a path into a layer's
+    dict output (`"encoder/encoder_outputs/3"` for a `kd_tf.models.build_classifier` model). When the widths differ, a learned linear projection maps the
     student feature to the teacher's width; it is trained with the student and belongs to the distiller,
     never to the exported student.
 
@@ -532,7 +544,7 @@ class FeatureMatch(keras.layers.Layer):
     ):
         if name is None:
             safe = f"{teacher_feature}_to_{student_feature or teacher_feature}"
-            name = "feature_match_" + "".join(c if c.isalnum() else "_" for c in safe)
+            name = "feature_match_" + "".join(c if c.isalnum() else "_" for c in str(safe))
         super().__init__(name=name, dtype="float32", **kwargs)
         if loss not in ("mse", "cosine"):
             raise ValueError(f"FeatureMatch loss must be 'mse' or 'cosine', got {loss!r}.")
@@ -585,12 +597,14 @@ class FeatureMatch(keras.layers.Layer):
         return keras.KerasTensor((teacher_feature.shape[0],), "float32")
 
     @property
-    def teacher_key(self):
-        return _parse_feature(self.teacher_feature)
+    def teacher_path(self):
+        """The teacher feature as a path tuple (see `feature_path`)."""
+        return feature_path(self.teacher_feature)
 
     @property
-    def student_key(self):
-        return _parse_feature(self.student_feature)
+    def student_path(self):
+        """The student feature as a path tuple (see `feature_path`)."""
+        return feature_path(self.student_feature)
 
     def get_config(self):
         config = super().get_config()
@@ -655,6 +669,7 @@ __all__ = [
     "LogitsMSE",
     "SoftTargetCrossEntropy",
     "get",
+    "feature_path",
     "hard_label_cross_entropy",
     "kl_divergence",
     "layer_map",

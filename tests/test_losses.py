@@ -173,9 +173,10 @@ def test_layer_map_and_feature_names():
         "encoder_outputs/8",
         "encoder_outputs/11",
     ]
-    assert [m.student_key for m in matches] == [("encoder_outputs", i) for i in range(4)]
+    assert [m.student_path for m in matches] == [("encoder_outputs", i) for i in range(4)]
     assert all(m.loss == "cosine" for m in matches)
-    assert L.FeatureMatch("pooled_output").teacher_key == ("pooled_output", None)
+    assert L.FeatureMatch("pooled_output").teacher_path == ("pooled_output",)
+    assert L.feature_path("encoder/encoder_outputs/3") == ("encoder", "encoder_outputs", 3)
     with pytest.raises(ValueError):
         L.layer_map(2, 4)
 
@@ -191,7 +192,7 @@ def test_get_and_config_round_trip():
     assert clone.temperature == 4.0 and clone.teacher_weights == [1, 2]
     fm = L.FeatureMatch("a/1", "b/0", loss="cosine", weight=0.5, mask=None)
     fm2 = L.FeatureMatch.from_config(fm.get_config())
-    assert (fm2.teacher_key, fm2.student_key, fm2.loss, fm2.weight, fm2.mask) == (
+    assert (fm2.teacher_path, fm2.student_path, fm2.loss, fm2.weight, fm2.mask) == (
         ("a", 1), ("b", 0), "cosine", 0.5, None
     )
     with pytest.raises(ValueError, match="temperature must be positive"):
