@@ -1,0 +1,3 @@
+"""kd-tf: knowledge distillation of BERT-class language models with TensorFlow, Keras 3 and TF Hub."""
+
+__version__ = "0.1.0"
