@@ -1,0 +1,62 @@
+"""tf.distribute: MirroredStrategy over two logical CPUs gives the single-device result.
+
+Logical devices must be configured before TensorFlow initializes its devices, which other tests do at
+import, so the comparison runs in a fresh interpreter.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+SCRIPT = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from kd_tf.distiller import Distiller
+from tests.distill_helpers import make_data, mlp
+
+x, y = make_data(128, seed=0)
+w = np.linspace(0.5, 1.5, len(x)).astype("float32")
+teacher0, student0 = mlp(32, "teacher", seed=1), mlp(8, "student", seed=3)
+init = (teacher0.get_weights(), student0.get_weights())
+
+def run(strategy):
+    with strategy.scope():
+        teacher, student = mlp(32, "teacher", seed=1), mlp(8, "student", seed=3)
+        teacher.set_weights(init[0]); student.set_weights(init[1])
+        d = Distiller(student, teacher)
+        d.compile(optimizer=keras.optimizers.SGD(0.1), alpha=0.3, temperature=2.0,
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    ds = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(32)  # global batch 32 = 2 x 16
+    history = d.fit(ds, epochs=3, verbose=0).history
+    return [v.tolist() for v in student.get_weights()], history, strategy.num_replicas_in_sync
+
+single = run(tf.distribute.get_strategy())
+mirrored = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+print("RESULT " + json.dumps({"single": single, "mirrored": mirrored}))
+"""
+
+TOLERANCE = 1e-5  # float32 sums in a different order across replicas
+
+
+def test_mirrored_strategy_matches_single_device():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=root)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    (w1, h1, n1), (w2, h2, n2) = result["single"], result["mirrored"]
+    assert (n1, n2) == (1, 2)
+    import numpy as np
+
+    for a, b in zip(w1, w2):
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=TOLERANCE, rtol=0)
+    for key in ("loss", "student_loss", "distillation_loss", "accuracy"):
+        np.testing.assert_allclose(h1[key], h2[key], rtol=TOLERANCE, atol=TOLERANCE)
