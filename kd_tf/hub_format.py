@@ -78,8 +78,26 @@ def _input_spec():
     return {k: tf.TensorSpec([None, None], tf.int32, name=k) for k in INPUT_KEYS}
 
 
-def _save_encoder(encoder: BertEncoder, path):
-    """Saves a built `BertEncoder` as a reusable TF Hub SavedModel."""
+def save_bert_encoder(encoder: BertEncoder, path):
+    """Saves a Keras `BertEncoder` as a TF-Hub-format (reusable) SavedModel.
+
+    Args:
+        encoder: a `kd_tf.bert.BertEncoder`, e.g. from `load_bert_encoder`
+            with the weights of a fine-tuned `HubEncoder`.
+        path: folder to create (must not exist or be empty).
+
+    Returns:
+        `path`.
+
+    Raises:
+        FileExistsError: if `path` holds files already.
+
+    Example:
+    >>> hub = find_encoder(fine_tuned_classifier)
+    >>> save_bert_encoder(load_bert_encoder(hub.handle, variables=hub.weights),
+    ...                   "/tmp/fine_tuned_encoder")
+    '/tmp/fine_tuned_encoder'
+    """
     variables = [v.value for v in encoder.variables]
     trainable = [v.value for v in encoder.trainable_variables]
 
@@ -157,7 +175,7 @@ def write_bert_encoder(path, num_layers, hidden_size, num_heads,
     if seed is not None:
         import keras
         keras.utils.set_random_seed(seed)
-    return _save_encoder(BertEncoder(config), path)
+    return save_bert_encoder(BertEncoder(config), path)
 
 
 def read_encoder_metadata(path):
@@ -262,7 +280,7 @@ def write_student_from_teacher(teacher_path, path, layers):
                 str(teacher_path))
     _assign(student.pooler.variables,
             [v.numpy() for v in teacher.pooler.variables], str(teacher_path))
-    return _save_encoder(student, path)
+    return save_bert_encoder(student, path)
 
 
 # ----------------------------------------------------------------------------
@@ -399,7 +417,7 @@ def convert_hf_bert(checkpoint_dir, path, lower_case=None):
     _assign(encoder.variables, values, f"{checkpoint_dir}/model.safetensors")
 
     def write(tmp):
-        _save_encoder(encoder, os.path.join(tmp, "encoder"))
+        save_bert_encoder(encoder, os.path.join(tmp, "encoder"))
         write_bert_preprocessor(os.path.join(tmp, "preprocessor"), vocab_file,
                                 lower_case=lower_case)
 
