@@ -136,7 +136,7 @@ class _ModelView:
                         f"The {what} has no output key or layer named {path[0]!r} (feature {spec!r}). "
                         f"Layers: {[l.name for l in model.layers]}."
                     ) from None
-                outputs[str(spec)] = _index(layer.output, path[1:], what)
+                outputs[str(spec)] = _index(_layer_output(layer), path[1:], what)
             self.extractor = keras.Model(_symbolic(model, "input"), outputs, name=f"{model.name}_distill_view")
         self.symbolic = self._from_output(output, self.extractor.output if self.extractor else None) if (
             symbolic
@@ -178,6 +178,16 @@ def _is_functional(model):
         return model.inputs is not None and model.outputs is not None
     except (AttributeError, ValueError):
         return False
+
+
+def _layer_output(layer):
+    """A layer's symbolic output with its structure (Keras keeps node outputs flattened)."""
+    output = layer.output
+    node = layer._inbound_nodes[0]
+    if isinstance(output, (list, tuple)) and len(node.outputs) > 1:
+        spec = layer.compute_output_spec(*node.arguments.args, **node.arguments.kwargs)
+        output = keras.tree.pack_sequence_as(spec, node.outputs)
+    return output
 
 
 def _symbolic(model, what):
