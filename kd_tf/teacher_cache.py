@@ -185,7 +185,9 @@ class TeacherCache:
 
         Args:
             dataset: Unbatched, deterministic `tf.data.Dataset` of `x`, `(x, y)` or `(x, y, w)` elements
-                (no shuffling before this point).
+                (no shuffling before this point). Examples may have different lengths (token ids cut to
+                their real length for bucketing): they are padded per teacher batch, which the
+                teacher's padding mask must make harmless.
             dataset_id: Optional name of the dataset's content, instead of hashing it.
 
         Returns:
@@ -240,7 +242,9 @@ class TeacherCache:
 
     def _compute(self, dataset):
         total = int(dataset.cardinality())
-        batches = dataset.batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
+        # padded_batch: examples cut to their own length (for bucketing later) are padded per batch;
+        # the padding is masked, so each example's outputs do not depend on its batch-mates.
+        batches = dataset.padded_batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
