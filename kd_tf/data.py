@@ -1042,6 +1042,11 @@ def make_dataset(data, preprocessor, batch_size=32, *, seq_length=None, bucketin
         drop_remainder: drop incomplete batches (every bucket's last one
             when bucketing).
 
+    The fixed-length dataset knows its number of batches. A bucketed one
+    does not (it depends on the token lengths) but has the same number every
+    epoch; Keras counts it during the first epoch and warns once that the
+    input "ran out of data", which is expected here.
+
     Returns:
         A `tf.data.Dataset` of `(inputs, labels)` (or `inputs` alone, or
         with teacher outputs and weights as above): `inputs` is a dict of
@@ -1155,4 +1160,7 @@ def make_dataset(data, preprocessor, batch_size=32, *, seq_length=None, bucketin
             dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     else:
         dataset = dataset.rebatch(batch_size, drop_remainder=drop_remainder)
+    if not bucketing:  # Known batch count: Keras shows progress from the first epoch.
+        batches = len(data) // batch_size if drop_remainder else -(-len(data) // batch_size)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
     return dataset.map(to_keras).prefetch(tf.data.AUTOTUNE)

@@ -482,7 +482,8 @@ def test_fixed_length_pipeline(sst2_dev, preprocessor_128):
     whole = make_dataset(data, preprocessor_128, batch_size=32, bucketing=False,
                          drop_remainder=True)
     assert whole.element_spec[0]["input_mask"].shape == (32, 128)  # static, for TPUs
-    assert len(list(whole)) == 2
+    assert len(list(whole)) == 2 and int(whole.cardinality()) == 2
+    assert int(dataset.cardinality()) == 3
     assert list(examples) == list(data.ids)  # data order without shuffle
     assert [label for *_, label in examples.values()] == list(data.labels)
     # "it 's a charming ..." -> [CLS] it ' s a charming ... [SEP] with the real vocab.
