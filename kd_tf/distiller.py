@@ -138,9 +138,9 @@ class _ModelView:
                     ) from None
                 outputs[str(spec)] = _index(_layer_output(layer), path[1:], what)
             self.extractor = keras.Model(_symbolic(model, "input"), outputs, name=f"{model.name}_distill_view")
-        self.symbolic = self._from_output(output, self.extractor.output if self.extractor else None) if (
-            symbolic
-        ) else None
+        self.symbolic = None  # the symbolic outputs, when the model is functional (for widths)
+        if symbolic:
+            self.symbolic = self._from_output(output, self.extractor.output if self.extractor else None)
 
     @staticmethod
     def _in_output(output, spec):
@@ -396,10 +396,12 @@ class Distiller(keras.Model):
 
     @property
     def alpha_variable(self):
+        """The non-trainable variable behind `alpha` (what compiled steps and schedules use)."""
         return self._alpha
 
     @property
     def temperature_variable(self):
+        """The non-trainable variable behind `temperature`."""
         return self._temperature
 
     def compile(
@@ -518,7 +520,7 @@ class Distiller(keras.Model):
             for key, value in o.items():
                 if key != LOGITS:
                     result[key if k == 0 else f"{key}@{k}"] = value
-        return tree_stop_gradient(result)
+        return _stop_gradient(result)
 
     def _needed_teacher_keys(self):
         keys = {LOGITS}
@@ -721,7 +723,7 @@ def _teacher_key(spec, index):
     return str(spec) if index == 0 else f"{spec}@{index}"
 
 
-def tree_stop_gradient(structure):
+def _stop_gradient(structure):
     return tf.nest.map_structure(tf.stop_gradient, structure)
 
 
