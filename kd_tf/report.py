@@ -110,8 +110,9 @@ def build_report(run_dir):
         entry.setdefault("tflite_bytes", None)
         models[role] = entry
     if export and "student" in models:
-        tflite = export.get("variants", {}).get("float32", {})
-        models["student"]["tflite_bytes"] = tflite.get("bytes", models["student"]["tflite_bytes"])
+        tflite = (export.get("tflite") or {}).get("float32") or {}
+        models["student"]["tflite_bytes"] = tflite.get("size_bytes",
+                                                       models["student"]["tflite_bytes"])
 
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -209,8 +210,13 @@ def print_summary(report):
             print("  ".join("-" * w for w in widths))
     for target in report["targets"]:
         status = {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
-        print(f"target {target['name']} >= {target['threshold']}: "
-              f"{_fmt(target['value'])} ({status})")
+        print(f"target: {target_text(target)}: {_fmt(target['value'])} ({status})")
+
+
+def target_text(target):
+    """`name >= threshold` (`>` for a gain that must be positive)."""
+    sign = ">" if target["threshold"] == 0.0 else ">="
+    return f"{target['name']} {sign} {target['threshold']}"
 
 
 def render_markdown(report):
@@ -228,7 +234,7 @@ def render_markdown(report):
     lines += ["", "## Targets", ""]
     for t in report["targets"]:
         status = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
-        lines.append(f"- {t['name']}: {_fmt(t['value'])} (target {t['threshold']}): {status}")
+        lines.append(f"- {target_text(t)}: {_fmt(t['value'])}: {status}")
     lines += ["", "## Student against teacher", "",
               f"- accuracy ratio (student / teacher): {_fmt(c['student_accuracy_ratio'])}",
               f"- accuracy gained by distillation over the label-only student: "
