@@ -47,7 +47,8 @@ def encoder_inputs(seq_length=None):
 
 
 def build_classifier(encoder, num_classes, pooling="pooled", dropout=0.1,
-                     seq_length=None, trainable_encoder=True, name=None):
+                     seq_length=None, trainable_encoder=True,
+                     freeze_word_embeddings=False, name=None):
     """Builds a classifier: TF Hub BERT encoder, pooling, dropout, dense logits.
 
     Args:
@@ -61,6 +62,8 @@ def build_classifier(encoder, num_classes, pooling="pooled", dropout=0.1,
         dropout: dropout rate before the head.
         seq_length: fixed sequence length, or None for any (bucketed batches).
         trainable_encoder: whether the encoder is fine-tuned.
+        freeze_word_embeddings: keep the encoder's word-embedding table fixed
+            while the rest is fine-tuned (faster; see `HubEncoder(frozen=)`).
         name: model name.
 
     Returns:
@@ -82,7 +85,8 @@ def build_classifier(encoder, num_classes, pooling="pooled", dropout=0.1,
     if int(num_classes) < 2:
         raise ValueError(f"num_classes={num_classes}; a classifier needs >= 2.")
     if not isinstance(encoder, HubEncoder):
-        encoder = HubEncoder(encoder, trainable=trainable_encoder, name="encoder")
+        encoder = HubEncoder(encoder, trainable=trainable_encoder, name="encoder",
+                             frozen=("word_embeddings",) if freeze_word_embeddings else ())
     inputs = encoder_inputs(seq_length)
     outputs = encoder(inputs)
     if pooling == "pooled":

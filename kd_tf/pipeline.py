@@ -332,7 +332,9 @@ class Pipeline:
         keras.utils.set_random_seed(self.config.seed)
         splits = self.splits
         model = models.build_classifier(self.handles[0], len(splits["label_names"]),
-                                        pooling=t.pooling, dropout=t.dropout, name="teacher")
+                                        pooling=t.pooling, dropout=t.dropout,
+                                        freeze_word_embeddings=t.freeze_word_embeddings,
+                                        name="teacher")
         total = _steps_per_epoch(len(splits["train"]), d.batch_size) * t.epochs
         model.compile(optimizer=_optimizer(t.learning_rate, t.weight_decay,
                                            t.warmup_fraction, total),
@@ -423,7 +425,9 @@ class Pipeline:
         keras.utils.set_random_seed(self.config.seed + 7)
         # Every hub.load restores new variables: the two students share nothing.
         return models.build_classifier(init, len(self.splits["label_names"]),
-                                       pooling=s.pooling, dropout=s.dropout, name=name)
+                                       pooling=s.pooling, dropout=s.dropout,
+                                       freeze_word_embeddings=s.freeze_word_embeddings,
+                                       name=name)
 
     def _student_optimizer(self, examples):
         s, d = self.config.student, self.config.data

@@ -162,3 +162,20 @@ def test_folder_that_is_not_a_savedmodel(tmp_path):
 def test_preprocessor_rejects_an_encoder_folder(tiny_encoder):
     with pytest.raises(ValueError, match="has no `tokenize`"):
         HubPreprocessor(tiny_encoder)
+
+
+def test_frozen_word_embeddings_stay_put_while_the_rest_trains(tiny_encoder, batch):
+    keras.utils.set_random_seed(1)
+    model = models.build_classifier(tiny_encoder, num_classes=2, pooling="mean",
+                                    freeze_word_embeddings=True)
+    encoder = models.find_encoder(model)
+    names = [w.name for w in encoder.weights if not w.trainable]
+    assert names == ["embeddings_word_embeddings"]
+    before = {w.name: w.numpy().copy() for w in encoder.weights}
+    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(dict(batch), LABELS, epochs=2, verbose=0)
+    after = {w.name: w.numpy() for w in encoder.weights}
+    assert np.array_equal(before["embeddings_word_embeddings"], after["embeddings_word_embeddings"])
+    assert not np.array_equal(before["embeddings_position_embeddings"], after["embeddings_position_embeddings"])
+    assert HubEncoder.from_config(encoder.get_config()).frozen == ("word_embeddings",)
