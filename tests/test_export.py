@@ -112,6 +112,14 @@ def test_report_numbers_and_sizes(exported):
     assert "| full_int8 |" in markdown and "status: passed" in markdown
 
 
+def test_full_int8_is_calibrated_on_rows_without_padding(exported, preprocessor, sst2):
+    _, report = exported
+    rows = export._calibration_inputs(preprocessor, sst2["train"], SEQ_LENGTH)
+    assert (rows["input_mask"].sum(-1) == SEQ_LENGTH).all()
+    assert report.calibration["texts"] == len(sst2["train"])
+    assert report.calibration["rows"] == len(rows["input_mask"]) > 10
+
+
 # ----------------------------------------------------------------------------
 # LiteRT.
 # ----------------------------------------------------------------------------
