@@ -271,6 +271,21 @@ def test_hub_encoder_and_preprocessor_reload_as_tf_hub_models(exported, student,
     assert hub_format.read_encoder_metadata(out / "hub_encoder")["config"]["num_layers"] == 2
 
 
+def test_encoder_not_written_by_kd_tf_is_resaved_with_its_weights(tiny_encoder, tmp_path):
+    plain = tmp_path / "published_like"
+    shutil.copytree(tiny_encoder, plain)
+    shutil.rmtree(plain / "assets.extra")  # what a published TF Hub encoder lacks
+    encoder = HubEncoder(str(plain))
+    encoder.weights[0].assign(encoder.weights[0] + 0.01)  # "fine-tuned"
+    export._write_hub_encoder(encoder, None, None, str(tmp_path / "out"))
+    ids = tf.constant([[101, 2204, 3185, 102, 0]])
+    inputs = {"input_word_ids": ids, "input_mask": tf.sign(ids),
+              "input_type_ids": tf.zeros_like(ids)}
+    written = HubEncoder(str(tmp_path / "out"), trainable=False)
+    np.testing.assert_allclose(written(inputs)["sequence_output"].numpy(),
+                               encoder(inputs)["sequence_output"].numpy(), atol=1e-6)
+
+
 # ----------------------------------------------------------------------------
 # The metadata writer's workaround.
 # ----------------------------------------------------------------------------
