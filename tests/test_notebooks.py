@@ -1,0 +1,106 @@
+"""The notebooks of `notebooks/` run top to bottom on a fresh kernel, in their test configuration.
+
+Each notebook has one cell tagged `parameters` (papermill's convention). The test inserts a cell after it
+that sets small sizes, local models and an output folder (`OUT_DIR`) in a temporary directory, executes
+the notebook with nbclient on the `python3` kernel (ipykernel's kernel for this interpreter), and then
+checks the numbers the notebook printed and wrote to `OUT_DIR`. A notebook that takes longer than its time
+limit fails.
+"""
+
+import json
+import os
+import time
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK_DIR = os.path.join(REPO_ROOT, "notebooks")
+
+
+def inject_parameters(nb, params):
+    """Inserts `name = value` assignments after the cell tagged `parameters` (as papermill does)."""
+    index = next((i for i, cell in enumerate(nb.cells)
+                  if "parameters" in cell.get("metadata", {}).get("tags", [])), None)
+    assert index is not None, "the notebook has no cell tagged 'parameters'"
+    source = "# Injected by tests/test_notebooks.py\n" + "\n".join(
+        f"{name} = {value!r}" for name, value in params.items())
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(index + 1, cell)
+    return nb
+
+
+def run_notebook(name, params, time_limit_s):
+    """Executes `notebooks/<name>` with `params`; returns the executed notebook and its run time."""
+    nb = nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4)
+    for cell in nb.cells:
+        assert cell.cell_type != "code" or not cell.get("outputs"), (
+            f"{name} is stored with outputs: strip them before committing")
+    inject_parameters(nb, params)
+    client = nbclient.NotebookClient(
+        nb, timeout=time_limit_s, kernel_name="python3",
+        resources={"metadata": {"path": NOTEBOOK_DIR}})
+    start = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - start
+    print(f"{name}: {seconds:.0f} s")
+    assert seconds < time_limit_s, f"{name} took {seconds:.0f} s (limit {time_limit_s} s)"
+    return nb, seconds
+
+
+def text_output(nb):
+    """All stdout the notebook printed, in order."""
+    return "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                   for out in cell.get("outputs", []) if out.get("name") == "stdout")
+
+
+def images_shown(nb):
+    return sum("image/png" in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
+               for out in cell.get("outputs", []))
+
+
+def read_results(out_dir):
+    with open(os.path.join(out_dir, "results.json")) as f:
+        return json.load(f)
+
+
+def test_04_the_math(tmp_path):
+    nb, _ = run_notebook("04_the_math.ipynb", {"EPOCHS": 12, "OUT_DIR": str(tmp_path)}, 180)
+    results = read_results(tmp_path)
+    article = results["article_4_3"]
+    assert article["cross_entropy"] == pytest.approx(0.3617730, abs=1e-5)
+    assert article["kl_divergence"] == pytest.approx(0.0366900, abs=1e-5)
+    assert article["per_class_terms"] == pytest.approx([0.2008292, 0.1609438], abs=1e-5)
+    step = results["article_4_2"]
+    assert step["delta_b"] == pytest.approx([0.01, -0.01], abs=1e-6)
+    assert len(step["delta_W"]) == 2 and all(len(row) == 2 for row in step["delta_W"])
+    assert step["loss_after"] < step["loss_before"]
+    rows = {r["model"]: r for r in results["section_4_3_training"]["rows"]}
+    assert set(rows) == {"teacher", "distilled student", "label-only student"}
+    assert rows["teacher"]["accuracy"] > 0.8
+    assert rows["distilled student"]["accuracy"] > 0.7
+    assert rows["distilled student"]["parameters"] * 10 < rows["teacher"]["parameters"]
+    for r in rows.values():
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["agreement_with_teacher"] <= 1.0
+    assert "0.361773" in text_output(nb)
+    assert images_shown(nb) >= 3
+
+
+def test_05_images(tmp_path):
+    nb, _ = run_notebook("05_images.ipynb", {"TEACHER_EPOCHS": 15, "STUDENT_EPOCHS": 20,
+                                             "OUT_DIR": str(tmp_path)}, 180)
+    results = read_results(tmp_path)
+    rows = {r["model"]: r for r in results["rows"]}
+    assert list(rows) == ["teacher", "distilled student", "label-only student"]
+    assert rows["teacher"]["accuracy"] > 0.9
+    assert rows["distilled student"]["accuracy"] > 0.8
+    assert rows["teacher"]["parameters"] > 20 * rows["distilled student"]["parameters"]
+    assert rows["teacher"]["file_kb"] > 10 * rows["distilled student"]["file_kb"]
+    for r in rows.values():
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["agreement_with_teacher"] <= 1.0
+    assert len(results["history"]["distillation_loss"]) == 20
+    assert os.path.exists(tmp_path / "digits_distillation.png")
+    assert "distilled student" in text_output(nb) and images_shown(nb) >= 3
