@@ -19,6 +19,7 @@ import tensorflow as tf
 from keras import ops
 
 from kd_tf import losses as kd_losses
+from kd_tf.models import symbolic_output
 from kd_tf.losses import FeatureMatch, LogitsDistillationLoss, feature_path
 
 try:  # keras >= 3.12
@@ -136,7 +137,7 @@ class _ModelView:
                         f"The {what} has no output key or layer named {path[0]!r} (feature {spec!r}). "
                         f"Layers: {[l.name for l in model.layers]}."
                     ) from None
-                outputs[str(spec)] = _index(_layer_output(layer), path[1:], what)
+                outputs[str(spec)] = _index(symbolic_output(layer), path[1:], what)
             self.extractor = keras.Model(_symbolic(model, "input"), outputs, name=f"{model.name}_distill_view")
         self.symbolic = None  # the symbolic outputs, when the model is functional (for widths)
         if symbolic:
@@ -178,16 +179,6 @@ def _is_functional(model):
         return model.inputs is not None and model.outputs is not None
     except (AttributeError, ValueError):
         return False
-
-
-def _layer_output(layer):
-    """A layer's symbolic output with its structure (Keras keeps node outputs flattened)."""
-    output = layer.output
-    node = layer._inbound_nodes[0]
-    if isinstance(output, (list, tuple)) and len(node.outputs) > 1:
-        spec = layer.compute_output_spec(*node.arguments.args, **node.arguments.kwargs)
-        output = keras.tree.pack_sequence_as(spec, node.outputs)
-    return output
 
 
 def _symbolic(model, what):

@@ -114,6 +114,24 @@ def find_encoder(model):
                      f"with kd_tf.models.build_classifier.")
 
 
+def symbolic_output(layer):
+    """A layer's symbolic output in a functional model, with its structure.
+
+    Keras keeps a node's outputs flattened (`layer.output` of a layer that
+    returns a dict is a list); this packs them back into the structure the
+    layer returns, e.g. the TF Hub output dict of a `HubEncoder`.
+
+    Example:
+    >>> symbolic_output(find_encoder(classifier))["pooled_output"]  # doctest: +SKIP
+    """
+    output = layer.output
+    node = layer._inbound_nodes[0]
+    if isinstance(output, (list, tuple)) and len(node.outputs) > 1:
+        spec = layer.compute_output_spec(*node.arguments.args, **node.arguments.kwargs)
+        output = keras.tree.pack_sequence_as(spec, node.outputs)
+    return output
+
+
 def feature_model(classifier):
     """A model with the classifier's logits and its encoder's hidden states.
 
@@ -132,7 +150,7 @@ def feature_model(classifier):
     ['encoder_outputs', 'input_mask', 'logits', 'pooled_output', 'sequence_output']
     """
     encoder = find_encoder(classifier)
-    encoded = encoder.output
+    encoded = symbolic_output(encoder)
     if not isinstance(encoded, dict):
         raise ValueError("feature_model needs an encoder that returns the TF Hub "
                          "output dict (HubEncoder with output_key=None).")
