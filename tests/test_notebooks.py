@@ -104,3 +104,23 @@ def test_05_images(tmp_path):
     assert len(results["history"]["distillation_loss"]) == 20
     assert os.path.exists(tmp_path / "digits_distillation.png")
     assert "distilled student" in text_output(nb) and images_shown(nb) >= 3
+
+
+def test_01_quickstart(tmp_path, monkeypatch):
+    # The notebook converts all-MiniLM-L6-v2 into kd-tf's model cache: keep it inside the test's folder.
+    monkeypatch.setenv("KD_TF_CACHE", str(tmp_path / "model_cache"))
+    out = tmp_path / "out"
+    nb, _ = run_notebook("01_quickstart.ipynb", {
+        "TRAIN_SIZE": 128, "TEST_SIZE": 64, "SEQ_LENGTH": 64, "STUDENT_EPOCHS": 1,
+        "OUT_DIR": str(out)}, 300)
+    results = read_results(out)
+    rows = {r["model"]: r for r in results["rows"]}
+    assert list(rows) == ["teacher", "distilled student"]
+    assert results["sizes"]["test"] == 64
+    for r in rows.values():
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["f1"] <= 1.0 and r["latency_ms"] > 0
+    assert rows["distilled student"]["parameters"] < rows["teacher"]["parameters"]
+    assert {"loss", "student_loss", "distillation_loss", "val_accuracy"} <= set(results["distill_history"])
+    printed = text_output(nb)
+    assert "distillation_loss" in printed and "distilled student" in printed  # the logs and the table
+    assert images_shown(nb) >= 1
