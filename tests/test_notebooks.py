@@ -124,3 +124,28 @@ def test_01_quickstart(tmp_path, monkeypatch):
     printed = text_output(nb)
     assert "distillation_loss" in printed and "distilled student" in printed  # the logs and the table
     assert images_shown(nb) >= 1
+
+
+def test_02_imdb_bert_distillation(tmp_path, tiny_encoder, tiny_preprocessor):
+    """Section 5 with local TF-Hub-format models (a 4-layer teacher, the 2-layer tiny student) and tfds
+    mock data entered by the notebook itself (mock_data patches tfds inside the kernel's process)."""
+    from kd_tf import hub_format
+
+    teacher = hub_format.write_bert_encoder(str(tmp_path / "teacher"), num_layers=4, hidden_size=64,
+                                            num_heads=2, intermediate_size=128, vocab_size=30522, seed=3)
+    out = tmp_path / "out"
+    nb, _ = run_notebook("02_imdb_bert_distillation.ipynb", {
+        "TEACHER_HANDLE": teacher, "STUDENT_HANDLE": tiny_encoder, "PREPROCESSOR_HANDLE": tiny_preprocessor,
+        "SEQ_LENGTH": 64, "VALIDATION_SIZE": 16, "TEACHER_EPOCHS": 1, "STUDENT_EPOCHS": 1,
+        "TFDS_DATA_DIR": str(tmp_path / "tfds"), "USE_MOCK_TFDS": True, "MOCK_EXAMPLES": 64,
+        "OUT_DIR": str(out)}, 240)
+    results = read_results(out)
+    assert results["mock_data"] is True
+    assert results["sizes"] == {"train": 48, "validation": 16, "test": 64}
+    rows = {r["model"]: r for r in results["rows"]}
+    assert list(rows) == ["teacher", "distilled student"]
+    for r in rows.values():
+        assert all(0.0 <= r[k] <= 1.0 for k in ("accuracy", "precision", "recall", "f1"))
+    assert rows["distilled student"]["parameters"] < rows["teacher"]["parameters"]
+    assert "cached teacher logits: (48, 2)" in text_output(nb)
+    assert os.path.exists(out / "student.keras")
