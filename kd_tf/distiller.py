@@ -181,6 +181,17 @@ def _is_functional(model):
         return False
 
 
+UNLABELED = -1
+"""Label id of an unlabelled example inside a labelled batch (sparse integer labels only)."""
+
+
+def _labeled_mask(labels):
+    """`labels >= 0` for sparse integer labels `[B]`, else None (one-hot rows are all labelled)."""
+    if labels is None or len(labels.shape) != 1 or "int" not in keras.backend.standardize_dtype(labels.dtype):
+        return None
+    return ops.greater_equal(labels, 0)
+
+
 def _symbolic(model, what):
     """`model.output` / `model.input`, also for a Sequential model that was never called."""
     try:
@@ -568,9 +579,16 @@ class Distiller(keras.Model):
         return per_example, scalar
 
     def _student_terms(self, labels, s_logits):
+        """Per-example hard-label loss; examples labelled `UNLABELED` (-1) contribute 0."""
         fn = self._student_loss_fn
+        mask = _labeled_mask(labels)
+        if mask is not None:
+            labels = ops.where(mask, labels, ops.zeros_like(labels))
         raw = fn.call(labels, s_logits) if isinstance(fn, keras.losses.Loss) else fn(labels, s_logits)
-        return _per_example_or_scalar(raw)
+        values = _per_example_or_scalar(raw)
+        if mask is not None and len(values.shape) == 1:
+            values = values * ops.cast(mask, values.dtype)
+        return values
 
     def loss_parts(self, x, y=None, sample_weight=None, training=False, student_outputs=None, teacher_outputs=None):
         """Every part of the loss for one batch, as scalars.
@@ -655,6 +673,12 @@ class Distiller(keras.Model):
             results = self.get_metrics_result()
             results.pop(self.student_loss_tracker.name, None)
             return results
+        mask = _labeled_mask(labels)
+        if mask is not None:  # metrics only on the labelled examples of a mixed batch
+            labels = tf.boolean_mask(labels, mask)
+            y_pred = tf.boolean_mask(y_pred, mask)
+            if sample_weight is not None:
+                sample_weight = tf.boolean_mask(ops.reshape(sample_weight, (-1,)), mask)
         return super().compute_metrics(x, labels, y_pred, sample_weight=sample_weight)
 
     def _update_trackers(self, parts, x):

@@ -389,7 +389,7 @@ def _training_evidence(student, trainer, encoder):
 
     saved = load_module(encoder.handle).variables
     if any(not np.array_equal(a.numpy(), b.numpy())
-           for a, b in zip(saved, encoder.weights)):
+           for a, b in zip(saved, encoder.saved_variables)):
         return f"its encoder weights differ from those in {encoder.handle}"
     return None
 
@@ -617,7 +617,7 @@ def _write_hub_encoder(encoder, encoder_meta, encoder_path, path):
 
     if encoder_meta is not None:
         keras_encoder = hub_format.load_bert_encoder(
-            encoder_path or encoder.handle, variables=encoder.weights)
+            encoder_path or encoder.handle, variables=encoder.saved_variables)
         hub_format.save_bert_encoder(keras_encoder, path)
     else:  # a published TF Hub encoder: its restored module holds the weights
         tf.saved_model.save(encoder._module, path)

@@ -186,6 +186,12 @@ class HubEncoder(keras.layers.Layer):
             self._track_variable(weight)
         self.built = True
 
+    @property
+    def saved_variables(self):
+        """The SavedModel's variables in their saved order (the same objects as
+        this layer's weights, which Keras lists trainable first)."""
+        return list(self._module.variables)
+
     def call(self, inputs, training=None):
         outputs = self._module(dict(inputs), training=bool(training))
         if self.output_key is None:

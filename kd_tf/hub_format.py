@@ -94,7 +94,7 @@ def save_bert_encoder(encoder: BertEncoder, path):
 
     Example:
     >>> hub = find_encoder(fine_tuned_classifier)
-    >>> save_bert_encoder(load_bert_encoder(hub.handle, variables=hub.weights),
+    >>> save_bert_encoder(load_bert_encoder(hub.handle, variables=hub.saved_variables),
     ...                   "/tmp/fine_tuned_encoder")
     '/tmp/fine_tuned_encoder'
     """

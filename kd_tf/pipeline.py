@@ -355,10 +355,12 @@ class Pipeline:
         encoder = models.find_encoder(model)
         hub_dir = self.run_dir.path("teacher", "hub_encoder")
         shutil.rmtree(hub_dir, ignore_errors=True)
-        try:  # the fine-tuned encoder in TF Hub format (students are cut from it)
-            keras_encoder = hub_format.load_bert_encoder(encoder.handle, variables=encoder.weights)
+        if os.path.exists(os.path.join(encoder.handle, hub_format.METADATA_FILE)):
+            # The fine-tuned encoder in TF Hub format: students are cut from it.
+            keras_encoder = hub_format.load_bert_encoder(
+                encoder.handle, variables=encoder.saved_variables)
             hub_format.save_bert_encoder(keras_encoder, hub_dir)
-        except ValueError:  # a published TF Hub encoder: no kd-tf metadata to rebuild it
+        else:  # a published TF Hub encoder: kd-tf cannot rebuild its architecture
             hub_dir = None
         return {"training_seconds": seconds, "hub_encoder": hub_dir,
                 "best_val_accuracy": max(history.history.get("val_accuracy", [0.0]))}

@@ -337,3 +337,25 @@ def test_student_saves_and_loads_without_teacher(tmp_path, data, teacher):
     d.student.export(str(tmp_path / "saved_model"), verbose=False)
     reloaded = tf.saved_model.load(str(tmp_path / "saved_model"))
     np.testing.assert_allclose(reloaded.serve(x[:5]).numpy(), expected, atol=1e-6)
+
+
+def test_examples_labelled_minus_one_learn_from_the_teacher_only(data, teacher):
+    """A transfer set mixed into labelled batches: label -1 means "no label"."""
+    x, y = data
+    x, y = x[:16], np.asarray(y[:16]).astype("int32")
+    mixed = y.copy()
+    mixed[8:] = -1
+    student = mlp(8, "student_mixed", seed=4)
+    distiller = Distiller(student=student, teacher=teacher)
+    distiller.compile(metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                      alpha=0.3, temperature=2.0)
+    parts = distiller.loss_parts(x, mixed)
+    s = student(x)
+    hard = L.hard_label_cross_entropy(y[:8], s[:8])
+    # Sum over the labelled half, divided by the whole batch.
+    assert float(parts["student_loss"]) == pytest.approx(float(ops.sum(hard)) / 16, rel=1e-5)
+    assert float(parts["distillation_loss"]) == pytest.approx(
+        float(distiller.loss_parts(x, y)["distillation_loss"]), rel=1e-6)
+    logs = distiller.evaluate(x, mixed, batch_size=16, verbose=0, return_dict=True)
+    accuracy = float(np.mean(np.argmax(_np(s[:8]), axis=1) == y[:8]))
+    assert logs["accuracy"] == pytest.approx(accuracy)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_tf import models
+from kd_tf import hub_format, models
 from kd_tf.hub import (HANDLES, HubEncoder, HubHandleError, HubPreprocessor,
                        load_module, resolve_handle)
 
@@ -179,3 +179,8 @@ def test_frozen_word_embeddings_stay_put_while_the_rest_trains(tiny_encoder, bat
     assert np.array_equal(before["embeddings_word_embeddings"], after["embeddings_word_embeddings"])
     assert not np.array_equal(before["embeddings_position_embeddings"], after["embeddings_position_embeddings"])
     assert HubEncoder.from_config(encoder.get_config()).frozen == ("word_embeddings",)
+    # Keras lists trainable weights first; saved_variables keeps the SavedModel's order.
+    assert encoder.weights[-1].value is encoder.saved_variables[0]  # word_embeddings
+    rebuilt = hub_format.load_bert_encoder(tiny_encoder, variables=encoder.saved_variables)
+    np.testing.assert_array_equal(rebuilt.embeddings.position_embeddings.numpy(),
+                                  after["embeddings_position_embeddings"])
