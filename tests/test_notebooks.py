@@ -149,3 +149,35 @@ def test_02_imdb_bert_distillation(tmp_path, tiny_encoder, tiny_preprocessor):
     assert rows["distilled student"]["parameters"] < rows["teacher"]["parameters"]
     assert "cached teacher logits: (48, 2)" in text_output(nb)
     assert os.path.exists(out / "student.keras")
+
+
+def test_03_export_for_mobile(tmp_path, tiny_encoder, tiny_preprocessor):
+    """Export of a tiny student (trained one epoch on real reviews here) to every TFLite variant."""
+    import keras
+
+    from kd_tf import data, models
+    from kd_tf.hub import HubPreprocessor
+
+    reviews = data.load_movie_reviews()
+    _, sample = data.stratified_split(reviews, 64 / len(reviews), seed=0)
+    student = models.build_classifier(tiny_encoder, 2, pooling="mean", name="student")
+    student.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    student.fit(data.make_dataset(sample, HubPreprocessor(tiny_preprocessor, seq_length=32), 16), verbose=0)
+    student_path = str(tmp_path / "student.keras")
+    student.save(student_path)
+    out = tmp_path / "out"
+    nb, _ = run_notebook("03_export_for_mobile.ipynb", {
+        "STUDENT_PATH": student_path, "PREPROCESSOR": tiny_preprocessor, "SEQ_LENGTH": 64,
+        "NUM_SAMPLES": 32, "LATENCY_RUNS": 5, "OUT_DIR": str(out)}, 240)
+    results = read_results(out)
+    assert results["passed"] is True
+    rows = {r["variant"]: r for r in results["rows"]}
+    assert list(rows) == ["float32", "float16", "dynamic_int8", "full_int8"]
+    assert rows["float32"]["max_abs_diff"] < 1e-4
+    assert rows["dynamic_int8"]["size_mb"] < rows["float16"]["size_mb"] < rows["float32"]["size_mb"]
+    for r in rows.values():
+        assert 0.0 <= r["label_agreement"] <= 1.0 and r["latency_ms_1_thread"] > 0
+        assert r["mediapipe_label_agreement"] >= 0.99 or r["variant"] == "full_int8"
+    assert [name for name, _ in results["mediapipe_top"]] == results["keras_labels"]
+    assert (out / "export" / "tflite" / "model_dynamic_int8.tflite").exists()
+    assert "MediaPipe:" in text_output(nb)
