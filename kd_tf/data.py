@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 DATA_DIR_ENV = "KD_TF_DATA_DIR"
 INPUT_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 EXAMPLE_ID_KEY = "example_id"
+UNLABELED = -1  # label id of the unlabelled examples of a partly labelled TextDataset
 IMDB_LABEL_NAMES = ("neg", "pos")
 EMPTY_TEXT_POLICIES = ("error", "skip")
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv",
@@ -181,7 +182,8 @@ class TextDataset:
                                 f"{self.ids[bad]!r}) is {type(values[bad]).__name__}, not str; "
                                 f"decode bytes or convert values to text first.")
         if self.labels is not None and n:
-            bad = np.flatnonzero((self.labels < 0) | (self.labels >= len(self.label_names)))
+            bad = np.flatnonzero(((self.labels < 0) & (self.labels != UNLABELED))
+                                 | (self.labels >= len(self.label_names)))
             if bad.size:
                 raise DataError(
                     f"{self.source or 'TextDataset'}: example {self.ids[bad[0]]!r} has label id "
@@ -223,8 +225,11 @@ class TextDataset:
         """
         if not self.has_labels:
             raise ValueError(f"{self.source}: unlabelled examples have no class counts.")
-        counts = np.bincount(self.labels, minlength=self.num_classes)
-        return {name: int(c) for name, c in zip(self.label_names, counts)}
+        counts = np.bincount(self.labels[self.labels >= 0], minlength=self.num_classes)
+        counts = {name: int(c) for name, c in zip(self.label_names, counts)}
+        if (self.labels == UNLABELED).any():
+            counts["(unlabelled)"] = int((self.labels == UNLABELED).sum())
+        return counts
 
     def subset(self, indices, description="subset"):
         """The examples at `indices`, in that order.
@@ -290,6 +295,36 @@ class TextDataset:
             label_names=self.label_names, text_pairs=join("text_pairs"),
             source=" + ".join(p.source for p in parts),
             report={"parts": [dict(p.report) for p in parts]})
+
+    def add_unlabeled(self, other):
+        """These labelled examples followed by unlabelled ones, labelled `UNLABELED` (-1).
+
+        The result is one partly labelled dataset, e.g. a training set plus the
+        article's transfer set: `kd_tf.Distiller` trains the examples labelled
+        -1 on the teacher's soft targets alone and leaves them out of the
+        hard-label loss and the metrics.
+
+        Args:
+            other: an unlabelled `TextDataset` (same text/pair layout).
+
+        Returns:
+            A new `TextDataset`.
+
+        Raises:
+            DataError: if this dataset is unlabelled, `other` is labelled, or
+                they do not fit together.
+
+        Example:
+        >>> train_and_transfer = train.add_unlabeled(unsup.subset(np.arange(5000)))
+        """
+        if not self.has_labels or other.has_labels:
+            raise DataError(f"add_unlabeled joins labelled examples ({self.source!r}) with "
+                            f"unlabelled ones ({other.source!r}); call .without_labels() on "
+                            f"the second first.")
+        filler = TextDataset(texts=other.texts, ids=other.ids, text_pairs=other.text_pairs,
+                             labels=np.full(len(other), UNLABELED), source=other.source,
+                             label_names=self.label_names, report=other.report)
+        return self.concatenate(filler)
 
     def as_tf_dataset(self, include_labels=None):
         """The raw examples as an unbatched `tf.data.Dataset` of dicts.

