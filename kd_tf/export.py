@@ -571,6 +571,34 @@ def _write_tflite_source(student, seq_length, path):
     tf.saved_model.save(root, path, signatures={"serving_default": probabilities})
 
 
+def convert_to_tflite(model, seq_length, variant="float32", calibration_inputs=None):
+    """Converts a Keras classifier to a batch-1 `.tflite` (builtin ops, softmax at the end).
+
+    The same conversion `export_student` runs, without metadata or checks:
+    for measuring the size of any model (a teacher, a baseline) as TFLite.
+
+    Args:
+        model: a classifier from `kd_tf.models.build_classifier`.
+        seq_length: the fixed sequence length of the three int32 inputs.
+        variant: one of `VARIANTS`.
+        calibration_inputs: for `"full_int8"`, a dict of int32
+            `[N, seq_length]` arrays of real tokenized text.
+
+    Returns:
+        The `.tflite` flatbuffer as bytes.
+
+    Raises:
+        ExportError: if the conversion needs Flex or custom ops.
+
+    Example:
+    >>> len(convert_to_tflite(teacher, seq_length=128))  # bytes  # doctest: +SKIP
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "source")
+        _write_tflite_source(model, seq_length, source)
+        return _convert(source, variant, calibration_inputs)
+
+
 def _convert(source, variant, calibration_inputs):
     import tensorflow as tf
 

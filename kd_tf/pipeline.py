@@ -499,7 +499,7 @@ class Pipeline:
     def step_evaluate(self):
         import tensorflow as tf
 
-        from kd_tf import evaluate, models
+        from kd_tf import evaluate, export, models
 
         e = self.config.evaluate
         test = self.splits["test"]
@@ -519,8 +519,10 @@ class Pipeline:
             model.export(saved, verbose=False)
             encoder = models.find_encoder(model)
             config = _encoder_config(encoder.handle)
+            tflite = export.convert_to_tflite(model, self.config.export.seq_length)
             results[role] = {"parameters": models.parameter_count(model),
                              "savedmodel_bytes": evaluate.directory_bytes(saved),
+                             "tflite_bytes": len(tflite),
                              "layers": config.get("num_layers"),
                              "hidden_size": config.get("hidden_size"),
                              "encoder": encoder.handle, **speed}

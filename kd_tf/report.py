@@ -14,7 +14,7 @@ config           the resolved run config (nested dict)
 data             {label_names, sizes: {train, validation, test, transfer}, seq_length, source}
 models           {teacher|student|baseline: {
                     role, encoder, layers, hidden_size, parameters,
-                    savedmodel_bytes, tflite_bytes (float32, or null),
+                    savedmodel_bytes, tflite_bytes (float32 .tflite at export.seq_length),
                     latency_ms (batch 1, median, CPU), latency_ms_p90, examples_per_s,
                     training_seconds, best_val_accuracy,
                     accuracy, precision, recall, f1 (macro, test set),
@@ -109,10 +109,6 @@ def build_report(run_dir):
                                       .get("best_val_accuracy"))
         entry.setdefault("tflite_bytes", None)
         models[role] = entry
-    if export and "student" in models:
-        tflite = (export.get("tflite") or {}).get("float32") or {}
-        models["student"]["tflite_bytes"] = tflite.get("size_bytes",
-                                                       models["student"]["tflite_bytes"])
 
     report = {
         "schema_version": SCHEMA_VERSION,
