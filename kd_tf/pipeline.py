@@ -441,8 +441,7 @@ class Pipeline:
 
         from kd_tf.distiller import Distiller
 
-        s, k = self.config.student, self.config.distill
-        splits = self.splits
+        k = self.config.distill
         student = self._new_student("student")
         data = self._train_set()
         teacher = None if k.cache_teacher else self.load_model("teacher")
@@ -456,41 +455,34 @@ class Pipeline:
                           metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
                           distillation_loss_fn=k.loss, alpha=k.alpha, temperature=k.temperature,
                           jit_compile=self._jit())
+        return self._fit_student("student", distiller, student, train_ds)
+
+    def _fit_student(self, role, trainer, student, train_ds):
+        """Fits `trainer` (the Distiller or the student itself), keeps the student's
+        best validation weights, saves it under `role/`."""
         best = _BestWeights(student)
         start = time.perf_counter()
-        history = distiller.fit(train_ds, epochs=s.epochs,
-                                validation_data=self.dataset(splits["validation"]),
-                                callbacks=self._callbacks("student") + [best],
-                                verbose=self.verbose)
+        history = trainer.fit(train_ds, epochs=self.config.student.epochs,
+                              validation_data=self.dataset(self.splits["validation"]),
+                              callbacks=self._callbacks(role) + [best], verbose=self.verbose)
         seconds = time.perf_counter() - start
         best.restore()
-        os.makedirs(self.run_dir.path("student"), exist_ok=True)
-        student.save(self.run_dir.path("student", "model.keras"))
-        _save_history(history, self.run_dir.path("student", "history.json"), seconds)
+        os.makedirs(self.run_dir.path(role), exist_ok=True)
+        student.save(self.run_dir.path(role, "model.keras"))
+        _save_history(history, self.run_dir.path(role, "history.json"), seconds)
         return {"training_seconds": seconds, "best_val_accuracy": best.best}
 
     def step_baseline(self):
         import keras
 
-        s = self.config.student
         splits = self.splits
         student = self._new_student("baseline")
         student.compile(optimizer=self._student_optimizer(len(splits["train"])),
                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
                         jit_compile=self._jit_for_keras())
-        best = _BestWeights(student)
-        start = time.perf_counter()
-        history = student.fit(self.dataset(splits["train"], shuffle=True), epochs=s.epochs,
-                              validation_data=self.dataset(splits["validation"]),
-                              callbacks=self._callbacks("baseline") + [best],
-                              verbose=self.verbose)
-        seconds = time.perf_counter() - start
-        best.restore()
-        os.makedirs(self.run_dir.path("baseline"), exist_ok=True)
-        student.save(self.run_dir.path("baseline", "model.keras"))
-        _save_history(history, self.run_dir.path("baseline", "history.json"), seconds)
-        return {"training_seconds": seconds, "best_val_accuracy": best.best}
+        return self._fit_student("baseline", student, student,
+                                 self.dataset(splits["train"], shuffle=True))
 
     def roles(self):
         return [r for r in MODEL_ROLES

@@ -83,7 +83,10 @@ def build_report(run_dir):
     label_names = splits.get("label_names")
     steps = {}
     if os.path.isdir(path("steps")):
-        for name in sorted(os.listdir(path("steps"))):
+        order = ("teacher", "cache", "distill", "baseline", "evaluate", "export", "report")
+        names = sorted(os.listdir(path("steps")),
+                       key=lambda n: order.index(n[:-5]) if n[:-5] in order else len(order))
+        for name in names:
             if name.endswith(".json"):
                 record = _read_json(path("steps", name), {})
                 steps[record.get("step", name[:-5])] = record
@@ -268,13 +271,14 @@ def plot_report(report, run_dir):
     for role, entry in models.items():
         history = entry.get("history") or {}
         label = entry["role"]
-        if "loss" in history:
-            axes[0].plot(range(1, len(history["loss"]) + 1), history["loss"], "o-",
-                         label=f"{label} (train)")
+        # The hard-label part of a distiller's loss is comparable with the others' loss.
+        key = "student_loss" if "student_loss" in history else "loss"
+        if key in history:
+            axes[0].plot(range(1, len(history[key]) + 1), history[key], "o-", label=label)
         if "val_accuracy" in history:
             axes[1].plot(range(1, len(history["val_accuracy"]) + 1), history["val_accuracy"],
                          "o-", label=label)
-    axes[0].set(title="training loss", xlabel="epoch")
+    axes[0].set(title="training cross-entropy on the labels", xlabel="epoch")
     axes[1].set(title="validation accuracy", xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
