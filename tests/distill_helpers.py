@@ -28,9 +28,7 @@ def mlp(hidden, name, seed, dict_output=False):
 
 def trained_teacher(x, y, seed=1, epochs=30, hidden=64):
     teacher = mlp(hidden, "teacher", seed)
-    teacher.compile(
-        keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    )
+    teacher.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     teacher.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
     return teacher
 

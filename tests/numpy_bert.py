@@ -32,9 +32,11 @@ def bert_forward(t, hf_config, ids, mask):
     eps = hf_config.get("layer_norm_eps", 1e-12)
     heads = hf_config["num_attention_heads"]
     b, n = ids.shape
-    x = (t["embeddings.word_embeddings.weight"][ids]
-         + t["embeddings.position_embeddings.weight"][np.arange(n)][None]
-         + t["embeddings.token_type_embeddings.weight"][np.zeros_like(ids)])
+    x = (
+        t["embeddings.word_embeddings.weight"][ids]
+        + t["embeddings.position_embeddings.weight"][np.arange(n)][None]
+        + t["embeddings.token_type_embeddings.weight"][np.zeros_like(ids)]
+    )
     x = _layer_norm(x, t["embeddings.LayerNorm.weight"], t["embeddings.LayerNorm.bias"], eps)
     h = x.shape[-1]
     d = h // heads
@@ -50,12 +52,14 @@ def bert_forward(t, hf_config, ids, mask):
         v = split(_linear(x, t, p + "attention.self.value"))
         probs = _softmax(q @ k.transpose(0, 1, 3, 2) / math.sqrt(d) + bias)
         ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(b, n, h)
-        x = _layer_norm(x + _linear(ctx, t, p + "attention.output.dense"),
-                        t[p + "attention.output.LayerNorm.weight"],
-                        t[p + "attention.output.LayerNorm.bias"], eps)
+        x = _layer_norm(
+            x + _linear(ctx, t, p + "attention.output.dense"),
+            t[p + "attention.output.LayerNorm.weight"],
+            t[p + "attention.output.LayerNorm.bias"],
+            eps,
+        )
         ffn = _linear(_gelu(_linear(x, t, p + "intermediate.dense")), t, p + "output.dense")
-        x = _layer_norm(x + ffn, t[p + "output.LayerNorm.weight"],
-                        t[p + "output.LayerNorm.bias"], eps)
+        x = _layer_norm(x + ffn, t[p + "output.LayerNorm.weight"], t[p + "output.LayerNorm.bias"], eps)
     return x
 
 

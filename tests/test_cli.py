@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import kd_tf
 from kd_tf import cli
-from kd_tf.hub import HubEncoder, HubPreprocessor
+from kd_tf.bert import HubEncoder, HubPreprocessor
 from tests.numpy_bert import bert_forward
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film", "very"]
@@ -20,8 +20,9 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film", "v
 def run_cli(*args):
     """Runs `kd-tf` in a fresh process with the user's default environment."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run([sys.executable, "-m", "kd_tf.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "kd_tf.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_version_and_help():
@@ -40,25 +41,47 @@ def tiny_hf_checkpoint(tmp_path):
 
     rng = np.random.default_rng(0)
     h, inter, v, p = 8, 16, len(VOCAB), 16
-    config = {"model_type": "bert", "vocab_size": v, "hidden_size": h,
-              "num_hidden_layers": 1, "num_attention_heads": 2,
-              "intermediate_size": inter, "max_position_embeddings": p,
-              "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12}
-    shapes = {"embeddings.word_embeddings.weight": (v, h),
-              "embeddings.position_embeddings.weight": (p, h),
-              "embeddings.token_type_embeddings.weight": (2, h),
-              "embeddings.LayerNorm.weight": (h,), "embeddings.LayerNorm.bias": (h,),
-              "pooler.dense.weight": (h, h), "pooler.dense.bias": (h,)}
+    config = {
+        "model_type": "bert",
+        "vocab_size": v,
+        "hidden_size": h,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": inter,
+        "max_position_embeddings": p,
+        "type_vocab_size": 2,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12,
+    }
+    shapes = {
+        "embeddings.word_embeddings.weight": (v, h),
+        "embeddings.position_embeddings.weight": (p, h),
+        "embeddings.token_type_embeddings.weight": (2, h),
+        "embeddings.LayerNorm.weight": (h,),
+        "embeddings.LayerNorm.bias": (h,),
+        "pooler.dense.weight": (h, h),
+        "pooler.dense.bias": (h,),
+    }
     pre = "encoder.layer.0."
-    for name in ("attention.self.query", "attention.self.key", "attention.self.value",
-                 "attention.output.dense"):
+    for name in (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+    ):
         shapes[pre + name + ".weight"], shapes[pre + name + ".bias"] = (h, h), (h,)
-    shapes.update({pre + "attention.output.LayerNorm.weight": (h,),
-                   pre + "attention.output.LayerNorm.bias": (h,),
-                   pre + "intermediate.dense.weight": (inter, h),
-                   pre + "intermediate.dense.bias": (inter,),
-                   pre + "output.dense.weight": (h, inter), pre + "output.dense.bias": (h,),
-                   pre + "output.LayerNorm.weight": (h,), pre + "output.LayerNorm.bias": (h,)})
+    shapes.update(
+        {
+            pre + "attention.output.LayerNorm.weight": (h,),
+            pre + "attention.output.LayerNorm.bias": (h,),
+            pre + "intermediate.dense.weight": (inter, h),
+            pre + "intermediate.dense.bias": (inter,),
+            pre + "output.dense.weight": (h, inter),
+            pre + "output.dense.bias": (h,),
+            pre + "output.LayerNorm.weight": (h,),
+            pre + "output.LayerNorm.bias": (h,),
+        }
+    )
     tensors = {"bert." + k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
     save_file(tensors, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -73,11 +96,9 @@ def test_convert_hf_bert_command(tiny_hf_checkpoint, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"encoder:      {out}/encoder" in result.stdout
     assert "oneDNN" not in result.stderr and "cuda" not in result.stderr
-    batch = HubPreprocessor(str(out / "preprocessor"), seq_length=6)(
-        tf.constant(["very good film", "bad"]))
+    batch = HubPreprocessor(str(out / "preprocessor"), seq_length=6)(tf.constant(["very good film", "bad"]))
     got = HubEncoder(str(out / "encoder"))(batch)["sequence_output"].numpy()
-    want = bert_forward(tensors, config, batch["input_word_ids"].numpy(),
-                        batch["input_mask"].numpy())
+    want = bert_forward(tensors, config, batch["input_word_ids"].numpy(), batch["input_mask"].numpy())
     np.testing.assert_allclose(got, want, atol=1e-4)
     # The same folder again: refused, nothing overwritten.
     before = sorted(os.listdir(out))
@@ -88,8 +109,20 @@ def test_convert_hf_bert_command(tiny_hf_checkpoint, tmp_path):
 
 
 def test_inspect_prints_outputs(tiny_encoder, tiny_preprocessor, capsys):
-    code = cli.main(["inspect", tiny_encoder, "--preprocessor", tiny_preprocessor,
-                     "--seq-length", "12", "--text", "a good film", "--text", "bad"])
+    code = cli.main(
+        [
+            "inspect",
+            tiny_encoder,
+            "--preprocessor",
+            tiny_preprocessor,
+            "--seq-length",
+            "12",
+            "--text",
+            "a good film",
+            "--text",
+            "bad",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "pooled_output: shape (2, 32) float32" in out

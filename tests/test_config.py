@@ -9,8 +9,7 @@ from kd_tf import config as config_lib
 from kd_tf.config import ConfigError, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = [os.path.join(REPO, "configs", name)
-           for name in ("demo.yaml", "imdb_bert_base_to_small_bert.yaml")]
+CONFIGS = [os.path.join(REPO, "configs", name) for name in ("demo.yaml", "imdb_bert_base_to_small_bert.yaml")]
 
 
 @pytest.mark.parametrize("path", CONFIGS)
@@ -35,28 +34,38 @@ def test_demo_config_values():
 
 
 def test_set_overrides_parse_yaml_values():
-    config = load_config(CONFIGS[0], ["teacher.epochs=3", "student.init_layers=[0, 5]",
-                                      "distill.alpha=0.5", "teacher.preprocessor=null",
-                                      "run_name=other"])
+    config = load_config(
+        CONFIGS[0],
+        [
+            "teacher.epochs=3",
+            "student.init_layers=[0, 5]",
+            "distill.alpha=0.5",
+            "teacher.preprocessor=null",
+            "run_name=other",
+        ],
+    )
     assert config.teacher.epochs == 3
     assert config.student.init_layers == [0, 5]
     assert config.distill.alpha == 0.5
     assert config.run_name == "other"
 
 
-@pytest.mark.parametrize("override,message", [
-    ("teacher.epoch=2", "teacher.epoch: unknown key. Did you mean teacher.epochs?"),
-    ("teacher.epochs=two", "teacher.epochs: expected an integer, got 'two'"),
-    ("teacher.epochs=0", "teacher.epochs: 0 is impossible: it must be >= 1"),
-    ("data.seq_length=1024", "data.seq_length: 1024 is impossible: it must be in [3, 512]"),
-    ("distill.alpha=1.5", "distill.alpha: 1.5 is impossible: it must be in [0, 1]"),
-    ("distill.loss=hinge", "distill.loss: 'hinge' is not one of kl, soft_cross_entropy, mse"),
-    ("data.bucketing=yes please", "data.bucketing: expected true/false"),
-    ("export.variants=[int4]", "export.variants: 'int4' is not one of"),
-    ("data.source=table", "data.path: the table source needs a path"),
-    ("teacher=3", "teacher: expected a mapping of TeacherConfig fields"),
-    ("epochs", "--set 'epochs': write key=value"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("teacher.epoch=2", "teacher.epoch: unknown key. Did you mean teacher.epochs?"),
+        ("teacher.epochs=two", "teacher.epochs: expected an integer, got 'two'"),
+        ("teacher.epochs=0", "teacher.epochs: 0 is impossible: it must be >= 1"),
+        ("data.seq_length=1024", "data.seq_length: 1024 is impossible: it must be in [3, 512]"),
+        ("distill.alpha=1.5", "distill.alpha: 1.5 is impossible: it must be in [0, 1]"),
+        ("distill.loss=hinge", "distill.loss: 'hinge' is not one of kl, soft_cross_entropy, mse"),
+        ("data.bucketing=yes please", "data.bucketing: expected true/false"),
+        ("export.variants=[int4]", "export.variants: 'int4' is not one of"),
+        ("data.source=table", "data.path: the table source needs a path"),
+        ("teacher=3", "teacher: expected a mapping of TeacherConfig fields"),
+        ("epochs", "--set 'epochs': write key=value"),
+    ],
+)
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError) as info:
         load_config(CONFIGS[0], [override])

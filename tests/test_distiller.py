@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-import kd_tf.losses as L
-from kd_tf.distiller import Distiller, resolve_jit_compile, with_teacher_outputs
+import kd_tf.distill.losses as L
+from kd_tf.distill import Distiller, FeatureMatch, resolve_jit_compile, with_teacher_outputs
 from tests.distill_helpers import (
     NUM_CLASSES,
     assert_weights_close,
@@ -46,7 +46,7 @@ def test_keras_io_example_runs_unchanged(data, teacher):
         temperature=10,
     )
     # Before training, the loss is the example's formula:
-    # alpha * SCCE(y, s) + (1 - alpha) * KLDivergence(softmax(t/T), softmax(s/T)) * T^2.
+    # alpha * SCCE(y, s) + (1 - alpha) * KLDistillation(softmax(t/T), softmax(s/T)) * T^2.
     t, s = teacher(x), student(x)
     expected = 0.1 * keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, s) + 0.9 * (
         keras.losses.KLDivergence()(ops.softmax(t / 10, axis=1), ops.softmax(s / 10, axis=1)) * 100
@@ -59,7 +59,9 @@ def test_keras_io_example_runs_unchanged(data, teacher):
     h = history.history
     for k in ("loss", "student_loss", "distillation_loss", "sparse_categorical_accuracy"):
         assert len(h[k]) == 2
-    assert h["loss"][-1] == pytest.approx(0.1 * h["student_loss"][-1] + 0.9 * h["distillation_loss"][-1], rel=1e-4)
+    assert h["loss"][-1] == pytest.approx(
+        0.1 * h["student_loss"][-1] + 0.9 * h["distillation_loss"][-1], rel=1e-4
+    )
     # Calling the distiller runs the student.
     np.testing.assert_allclose(_np(distiller(x[:4])), _np(student(x[:4])), atol=1e-6)
     assert distiller.predict(x[:4], verbose=0).shape == (4, NUM_CLASSES)
@@ -96,7 +98,7 @@ def test_unlabeled_batches_train_on_distillation_alone(data, teacher):
     assert "student_loss" not in parts
     assert float(parts["loss"]) == pytest.approx(float(parts["distillation_loss"]), rel=1e-6)
     # KL at T=2 by hand from the two models' logits, times T^2 = 4.
-    expected = _np(L.kl_divergence(teacher(x[:32]), student(x[:32]), temperature=2.0)).mean()
+    expected = _np(L.kl_distillation(teacher(x[:32]), student(x[:32]), temperature=2.0)).mean()
     assert float(parts["distillation_loss"]) == pytest.approx(expected, rel=1e-5)
 
     def agreement():
@@ -119,7 +121,7 @@ def test_sample_weights_are_honoured(data, teacher):
     w = np.array([1, 0, 2, 0, 1, 0, 3, 0], "float32")
     t, s = teacher(xb), student(xb)
     ce = _np(L.hard_label_cross_entropy(yb, s))
-    kl = _np(L.kl_divergence(t, s, temperature=2.0))
+    kl = _np(L.kl_distillation(t, s, temperature=2.0))
     expected = (w * (0.3 * ce + 0.7 * kl)).sum() / 8  # Keras's sum-over-batch-size reduction
     parts = distiller.loss_parts(xb, yb, sample_weight=w)
     assert float(parts["loss"]) == pytest.approx(expected, rel=1e-5)
@@ -138,12 +140,16 @@ def test_loss_choices_and_keras_distillation_plugins(data, teacher):
     xb, yb = x[:16], y[:16]
     student = mlp(8, "student", seed=3)
     t, s = teacher(xb), student(xb)
-    for name, fn in (("soft_cross_entropy", L.soft_cross_entropy), ("mse", L.logits_mse), ("kl", L.kl_divergence)):
+    for name, fn in (
+        ("soft_cross_entropy", L.cross_entropy_distillation),
+        ("mse", L.mse_distillation),
+        ("kl", L.kl_distillation),
+    ):
         d = Distiller(student, teacher)
         d.compile(distillation_loss_fn=name, alpha=0.0, temperature=3.0)
         assert float(d.compute_loss(xb, yb)) == pytest.approx(_np(fn(t, s, temperature=3.0)).mean(), rel=1e-5)
     # keras.distillation.LogitsDistillation plugs in and computes exactly what it computes alone. With a
-    # KLDivergence instance that is KL on softened probabilities times T^2, our KL. (With its default
+    # KLDistillation instance that is KL on softened probabilities times T^2, our KL. (With its default
     # loss="kl_divergence", Keras 3.15 resolves a function, misses its own isinstance check and applies
     # KL to the scaled logits themselves; we report its number unchanged.)
     for plugin in (
@@ -154,8 +160,10 @@ def test_loss_choices_and_keras_distillation_plugins(data, teacher):
         d.compile(distillation_loss_fn=plugin, alpha=0.0)
         assert float(d.compute_loss(xb, yb)) == pytest.approx(float(plugin.compute_loss(t, s)), rel=1e-5)
     assert float(
-        keras.distillation.LogitsDistillation(temperature=3.0, loss=keras.losses.KLDivergence()).compute_loss(t, s)
-    ) == pytest.approx(_np(L.kl_divergence(t, s, temperature=3.0)).mean(), rel=1e-4)
+        keras.distillation.LogitsDistillation(temperature=3.0, loss=keras.losses.KLDivergence()).compute_loss(
+            t, s
+        )
+    ) == pytest.approx(_np(L.kl_distillation(t, s, temperature=3.0)).mean(), rel=1e-4)
     # keras.distillation's constructor arguments work too, FeatureDistillation on named layers included.
     d = Distiller(
         teacher=teacher,
@@ -175,7 +183,9 @@ def test_loss_choices_and_keras_distillation_plugins(data, teacher):
     assert "feature_loss" in history.history
     # Temperatures set in two places must agree.
     with pytest.raises(ValueError, match="set it in one place"):
-        Distiller(student, teacher).compile(distillation_loss_fn=L.KLDivergence(temperature=2.0), temperature=5.0)
+        Distiller(student, teacher).compile(
+            distillation_loss_fn=L.KLDistillation(temperature=2.0), temperature=5.0
+        )
     with pytest.raises(ValueError, match="alpha must be in"):
         Distiller(student, teacher).compile(alpha=1.5)
 
@@ -196,10 +206,12 @@ def test_several_teachers_average_softened_distributions(data, teacher):
     d = Distiller(student, [teacher, second], teacher_weights=[3.0, 1.0])
     d.compile(optimizer="adam", alpha=0.0, temperature=2.0)
     xb = x[:16]
-    expected = _np(L.kl_divergence([teacher(xb), second(xb)], student(xb), 2.0, teacher_weights=[3, 1])).mean()
+    expected = _np(
+        L.kl_distillation([teacher(xb), second(xb)], student(xb), 2.0, teacher_weights=[3, 1])
+    ).mean()
     assert float(d.compute_loss(xb)) == pytest.approx(expected, rel=1e-5)
     # Mixing [0.75 * p1 + 0.25 * p2] differs from either teacher alone.
-    alone = _np(L.kl_divergence(teacher(xb), student(xb), 2.0)).mean()
+    alone = _np(L.kl_distillation(teacher(xb), student(xb), 2.0)).mean()
     assert abs(expected - alone) > 1e-4
     assert np.isfinite(d.fit(x, y, epochs=1, verbose=0).history["loss"]).all()
     assert d.teacher is teacher and len(d.teachers) == 2
@@ -219,7 +231,7 @@ def test_feature_distillation_with_projection_and_padding_mask():
 
     teacher = seq_model(width_t, "seq_teacher", 1)
     student = seq_model(width_s, "seq_student", 2)
-    match = L.FeatureMatch("hidden", "hidden", loss="mse", weight=2.0, mask="input_mask")
+    match = FeatureMatch("hidden", "hidden", loss="mse", weight=2.0, mask="input_mask")
     d = Distiller(student, teacher, features=[match])
     d.compile(optimizer=keras.optimizers.Adam(0.01), alpha=0.0, temperature=1.0)
     # The projection (4 -> 12) is trained with the student but is not part of the student.
@@ -245,11 +257,11 @@ def test_feature_distillation_with_projection_and_padding_mask():
     history = d.fit(x, y, epochs=15, batch_size=16, verbose=0)
     assert history.history["feature_loss"][-1] < history.history["feature_loss"][0]
     # Layer names of functional models work as features too (no dict output needed).
-    d2 = Distiller(mlp(4, "s2", 5), mlp(16, "t2", 6), features=[L.FeatureMatch("hidden", loss="cosine")])
+    d2 = Distiller(mlp(4, "s2", 5), mlp(16, "t2", 6), features=[FeatureMatch("hidden", loss="cosine")])
     d2.compile()
     assert float(d2.loss_parts(np.ones((2, 8), "float32"))["feature_loss"]) >= 0.0
     with pytest.raises(ValueError, match="no output key or layer named"):
-        Distiller(mlp(4, "s3", 5), mlp(16, "t3", 6), features=[L.FeatureMatch("nope")])
+        Distiller(mlp(4, "s3", 5), mlp(16, "t3", 6), features=[FeatureMatch("nope")])
 
 
 def test_with_teacher_outputs_targets(data, teacher):
@@ -267,7 +279,9 @@ def test_with_teacher_outputs_targets(data, teacher):
     assert float(free.loss_parts(x[:8], with_teacher_outputs(y[:8], {"logits": t}))["loss"]) == pytest.approx(
         float(live["loss"]), rel=1e-6
     )
-    assert float(free.loss_parts(x[:8], y[:8])["loss"]) == pytest.approx(float(live["student_loss"]), rel=1e-6)
+    assert float(free.loss_parts(x[:8], y[:8])["loss"]) == pytest.approx(
+        float(live["student_loss"]), rel=1e-6
+    )
     with pytest.raises(ValueError, match="TeacherCache"):
         free.loss_parts(x[:8])
 
@@ -314,7 +328,10 @@ def test_mixed_precision(data, teacher, policy):
     assert parts["loss"].dtype == "float32" and parts["student_logits"].dtype == policy.split("_")[1]
     # Same loss as float32 arithmetic on the same (half-precision) student logits.
     s = ops.cast(parts["student_logits"], "float32")
-    expected = (0.3 * _np(L.hard_label_cross_entropy(y[:32], s)) + 0.7 * _np(L.kl_divergence(teacher(x[:32]), s, 2.0))).mean()
+    expected = (
+        0.3 * _np(L.hard_label_cross_entropy(y[:32], s))
+        + 0.7 * _np(L.kl_distillation(teacher(x[:32]), s, 2.0))
+    ).mean()
     assert float(parts["loss"]) == pytest.approx(expected, rel=1e-5)
     history = d.fit(x, y, epochs=3, batch_size=32, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
@@ -347,15 +364,17 @@ def test_examples_labelled_minus_one_learn_from_the_teacher_only(data, teacher):
     mixed[8:] = -1
     student = mlp(8, "student_mixed", seed=4)
     distiller = Distiller(student=student, teacher=teacher)
-    distiller.compile(metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                      alpha=0.3, temperature=2.0)
+    distiller.compile(
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], alpha=0.3, temperature=2.0
+    )
     parts = distiller.loss_parts(x, mixed)
     s = student(x)
     hard = L.hard_label_cross_entropy(y[:8], s[:8])
     # Sum over the labelled half, divided by the whole batch.
     assert float(parts["student_loss"]) == pytest.approx(float(ops.sum(hard)) / 16, rel=1e-5)
     assert float(parts["distillation_loss"]) == pytest.approx(
-        float(distiller.loss_parts(x, y)["distillation_loss"]), rel=1e-6)
+        float(distiller.loss_parts(x, y)["distillation_loss"]), rel=1e-6
+    )
     logs = distiller.evaluate(x, mixed, batch_size=16, verbose=0, return_dict=True)
     accuracy = float(np.mean(np.argmax(_np(s[:8]), axis=1) == y[:8]))
     assert logs["accuracy"] == pytest.approx(accuracy)

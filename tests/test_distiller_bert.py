@@ -5,11 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_tf import hub_format
-from kd_tf.distiller import Distiller
-from kd_tf.losses import FeatureMatch, layer_map
-from kd_tf.models import build_classifier, feature_model
-from kd_tf.teacher_cache import TeacherCache
+from kd_tf.bert import hub_format
+from kd_tf.classify.models import build_classifier, feature_model
+from kd_tf.distill import Distiller, FeatureMatch, TeacherCache, layer_map
 
 SEQ = 12
 
@@ -19,8 +17,15 @@ def student_encoder(tmp_path_factory):
     """1 layer, H16: narrower than the tiny teacher (2 layers, H32), so projections are needed."""
     path = tmp_path_factory.mktemp("student_encoder") / "encoder"
     return hub_format.write_bert_encoder(
-        str(path), num_layers=1, hidden_size=16, num_heads=2, intermediate_size=32, vocab_size=30522,
-        dropout_rate=0.0, attention_dropout_rate=0.0, seed=11,
+        str(path),
+        num_layers=1,
+        hidden_size=16,
+        num_heads=2,
+        intermediate_size=32,
+        vocab_size=30522,
+        dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+        seed=11,
     )
 
 
@@ -37,7 +42,9 @@ def _batch(n=16, seed=0):
 def test_bert_logits_and_feature_distillation(tiny_encoder, student_encoder, tmp_path):
     keras.utils.set_random_seed(0)
     teacher = build_classifier(tiny_encoder, 2, pooling="pooled", dropout=0.0, seq_length=SEQ, name="teacher")
-    student = build_classifier(student_encoder, 2, pooling="mean", dropout=0.0, seq_length=SEQ, name="student")
+    student = build_classifier(
+        student_encoder, 2, pooling="mean", dropout=0.0, seq_length=SEQ, name="student"
+    )
     teacher_before = [np.array(w) for w in teacher.weights]
     matches = layer_map(2, 1, feature="encoder/encoder_outputs", mask="input_mask") + [
         FeatureMatch("encoder/pooled_output", loss="cosine", weight=0.5)
@@ -60,7 +67,9 @@ def test_bert_logits_and_feature_distillation(tiny_encoder, student_encoder, tmp
     # Padding is masked in the hidden-state match: changing padded token ids does not change it.
     parts = distiller.loss_parts(x, y)
     x2 = dict(x, input_word_ids=np.where(x["input_mask"] == 1, x["input_word_ids"], 7).astype("int32"))
-    assert float(distiller.loss_parts(x2, y)["feature_loss"]) == pytest.approx(float(parts["feature_loss"]), rel=1e-4)
+    assert float(distiller.loss_parts(x2, y)["feature_loss"]) == pytest.approx(
+        float(parts["feature_loss"]), rel=1e-4
+    )
     # The exported student holds no teacher and no projection.
     student_ids = {id(v) for v in student.weights}
     assert not student_ids & {id(v) for m in matches for v in m.weights}
@@ -72,7 +81,9 @@ def test_bert_logits_and_feature_distillation(tiny_encoder, student_encoder, tmp
 
 def test_bert_teacher_features_are_cached_with_the_logits(tiny_encoder, student_encoder, tmp_path):
     teacher = build_classifier(tiny_encoder, 2, dropout=0.0, seq_length=SEQ, name="teacher")
-    student = build_classifier(student_encoder, 2, pooling="mean", dropout=0.0, seq_length=SEQ, name="student")
+    student = build_classifier(
+        student_encoder, 2, pooling="mean", dropout=0.0, seq_length=SEQ, name="student"
+    )
     d = Distiller(student, teacher, features=[FeatureMatch("encoder/pooled_output", loss="mse")])
     d.compile(alpha=0.0, temperature=1.0)
     x, y = _batch(8, seed=1)
@@ -86,7 +97,7 @@ def test_bert_teacher_features_are_cached_with_the_logits(tiny_encoder, student_
 
 
 def test_bert_dict_output_feature_models(tiny_encoder, student_encoder):
-    """Models whose dict output holds the features (kd_tf.models.feature_model) distill by key."""
+    """Models whose dict output holds the features (kd_tf.classify.feature_model) distill by key."""
     teacher = feature_model(build_classifier(tiny_encoder, 2, dropout=0.0, seq_length=SEQ, name="teacher"))
     student = feature_model(
         build_classifier(student_encoder, 2, pooling="mean", dropout=0.0, seq_length=SEQ, name="student")

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_tf.callbacks import Constant, DistillationSchedule, Linear, StopAtTarget, StudentCheckpoint
-from kd_tf.distiller import Distiller
+from kd_tf.distill import Constant, DistillationSchedule, Distiller, Linear, StopAtTarget, StudentCheckpoint
 from tests.distill_helpers import assert_weights_close, make_data, mlp, trained_teacher, weights_of
 
 
@@ -59,10 +58,19 @@ def test_schedule_callback_changes_temperature_and_alpha(data, teacher):
     # The compiled step reads the variable: the loss at T=1 equals a fresh distiller's at T=1.
     ref = Distiller(d.student, teacher)
     ref.compile(alpha=0.5, temperature=1.0)
-    assert float(d.compute_loss(x[:16], y[:16])) == pytest.approx(float(ref.compute_loss(x[:16], y[:16])), rel=1e-6)
+    assert float(d.compute_loss(x[:16], y[:16])) == pytest.approx(
+        float(ref.compute_loss(x[:16], y[:16])), rel=1e-6
+    )
     # Per batch: the step is the optimizer's iteration count.
     d2 = _distiller(teacher)
-    d2.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[DistillationSchedule(temperature=Linear(5.0, 1.0, steps=2), per="batch")])
+    d2.fit(
+        x,
+        y,
+        epochs=1,
+        batch_size=32,
+        verbose=0,
+        callbacks=[DistillationSchedule(temperature=Linear(5.0, 1.0, steps=2), per="batch")],
+    )
     assert d2.temperature == pytest.approx(1.0)
 
 
@@ -97,7 +105,10 @@ def test_student_checkpoint_keeps_the_best_student_only(tmp_path, data, teacher)
     np.testing.assert_allclose(np.asarray(loaded(x[:4])), best[0][1], atol=1e-6)
     every = StudentCheckpoint(str(tmp_path / "s-{epoch}.weights.h5"), save_best_only=False)
     d.fit(x, y, epochs=2, verbose=0, callbacks=[every])
-    assert sorted(p.split("/")[-1] for p in glob.glob(str(tmp_path / "s-*"))) == ["s-1.weights.h5", "s-2.weights.h5"]
+    assert sorted(p.split("/")[-1] for p in glob.glob(str(tmp_path / "s-*"))) == [
+        "s-1.weights.h5",
+        "s-2.weights.h5",
+    ]
 
 
 def test_backup_and_restore_resume_equals_uninterrupted(tmp_path, data, teacher):

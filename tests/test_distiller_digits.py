@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from kd_tf.distiller import Distiller
+from kd_tf.distill import Distiller
 
 N_LABELLED = 150  # labels the students get
 N_TRANSFER = 600  # the teacher's labelled training set = the student's transfer set
@@ -48,7 +48,9 @@ def test_distilled_cnn_agrees_with_teacher_more_than_label_trained(digits):
 
     teacher = cnn(32, 128, "teacher", seed=0)
     teacher.compile(
-        keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+        keras.optimizers.Adam(3e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
     )
     teacher.fit(x[:N_TRANSFER], y[:N_TRANSFER], epochs=30, batch_size=32, verbose=0)
     teacher_acc = teacher.evaluate(x_test, y_test, verbose=0)[1]
@@ -60,7 +62,9 @@ def test_distilled_cnn_agrees_with_teacher_more_than_label_trained(digits):
 
     for seed in SEEDS:  # the same student architecture and initialization, trained both ways
         alone = cnn(4, 16, "student_alone", seed=seed)
-        alone.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        alone.compile(
+            keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
         alone.fit(x_labelled, y_labelled, epochs=EPOCHS, batch_size=32, verbose=0)
 
         student = cnn(4, 16, "student", seed=seed)
@@ -76,8 +80,10 @@ def test_distilled_cnn_agrees_with_teacher_more_than_label_trained(digits):
         distiller.fit(x_labelled, y_labelled, epochs=EPOCHS // 2, batch_size=32, verbose=0)
         distiller.fit(x_transfer, epochs=EPOCHS // 2, batch_size=32, verbose=0)
         gain = agreement(student) - agreement(alone)
-        print(f"seed {seed}: teacher acc {teacher_acc:.3f}, agreement distilled {agreement(student):.3f} "
-              f"vs labels alone {agreement(alone):.3f}")
+        print(
+            f"seed {seed}: teacher acc {teacher_acc:.3f}, agreement distilled {agreement(student):.3f} "
+            f"vs labels alone {agreement(alone):.3f}"
+        )
         assert gain > 0.02
         accuracy = distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
         assert accuracy > 0.85

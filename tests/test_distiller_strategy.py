@@ -16,7 +16,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from kd_tf.distiller import Distiller
+from kd_tf.distill import Distiller
 from tests.distill_helpers import make_data, mlp
 
 x, y = make_data(128, seed=0)
@@ -50,8 +50,8 @@ def test_mirrored_strategy_matches_single_device():
         [sys.executable, "-c", SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
-    result = json.loads(line[len("RESULT "):])
+    line = next(text for text in out.stdout.splitlines() if text.startswith("RESULT "))
+    result = json.loads(line[len("RESULT ") :])
     (w1, h1, n1), (w2, h2, n2) = result["single"], result["mirrored"]
     assert (n1, n2) == (1, 2)
     import numpy as np

@@ -1,13 +1,12 @@
-"""kd_tf.evaluate: metrics against scikit-learn, sizes, speed on a real model."""
+"""kd_tf.classify.evaluate: metrics against scikit-learn, sizes, speed on a real model."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from sklearn import metrics as sk
 
-from kd_tf import evaluate, models
-from kd_tf.hub import HubPreprocessor
+from kd_tf.bert import HubPreprocessor
+from kd_tf.classify import evaluate, models
 
 
 def test_metrics_match_scikit_learn():
@@ -47,8 +46,7 @@ def test_predictions_round_trip_and_agreement(tmp_path):
 
 def test_speed_and_size_of_a_real_model(tiny_encoder, tiny_preprocessor, tmp_path):
     model = models.build_classifier(tiny_encoder, 2)
-    inputs = HubPreprocessor(tiny_preprocessor, seq_length=16)(
-        tf.constant(["a fine film"] * 8))
+    inputs = HubPreprocessor(tiny_preprocessor, seq_length=16)(tf.constant(["a fine film"] * 8))
     speed = evaluate.measure_speed(model, inputs, runs=5, throughput_batch=4)
     assert speed["latency_ms"] > 0 and speed["latency_ms_p90"] >= speed["latency_ms"]
     assert speed["examples_per_s"] > 0 and speed["throughput_batch"] == 4
@@ -58,6 +56,7 @@ def test_speed_and_size_of_a_real_model(tiny_encoder, tiny_preprocessor, tmp_pat
     # float32 weights dominate the SavedModel.
     assert size > 4 * models.parameter_count(model)
     logits, labels = evaluate.predict_logits(
-        model, tf.data.Dataset.from_tensor_slices((dict(inputs), tf.zeros([8], tf.int32))).batch(3))
+        model, tf.data.Dataset.from_tensor_slices((dict(inputs), tf.zeros([8], tf.int32))).batch(3)
+    )
     assert logits.shape == (8, 2) and labels.tolist() == [0] * 8
     np.testing.assert_allclose(logits, model.predict(dict(inputs), verbose=0), atol=1e-5)

@@ -7,13 +7,27 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_tf import hub_format, models
-from kd_tf.hub import (HANDLES, HubEncoder, HubHandleError, HubPreprocessor,
-                       load_module, resolve_handle)
+from kd_tf.bert import (
+    HANDLES,
+    HubEncoder,
+    HubHandleError,
+    HubPreprocessor,
+    hub_format,
+    load_module,
+    resolve_handle,
+)
+from kd_tf.classify import models
 
-TEXTS = ["a wonderful, moving film", "dull and far too long", "great acting",
-         "the worst plot ever", "i loved every minute", "boring and predictable",
-         "a masterpiece of cinema", "awful dialogue and bad jokes"]
+TEXTS = [
+    "a wonderful, moving film",
+    "dull and far too long",
+    "great acting",
+    "the worst plot ever",
+    "i loved every minute",
+    "boring and predictable",
+    "a masterpiece of cinema",
+    "awful dialogue and bad jokes",
+]
 LABELS = np.array([1, 0, 1, 0, 1, 0, 1, 0])
 
 
@@ -51,8 +65,10 @@ def test_fit_fine_tunes_the_savedmodel_variables(tiny_encoder, batch):
     model = models.build_classifier(tiny_encoder, num_classes=2, pooling="mean")
     encoder = models.find_encoder(model)
     before = [v.numpy().copy() for v in encoder._module.variables]
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     x = dict(batch)
     loss_before = model.evaluate(x, LABELS, verbose=0)
     model.fit(x, LABELS, epochs=15, batch_size=8, verbose=0)
@@ -95,16 +111,16 @@ def test_keras_file_round_trip(tiny_encoder, batch, tmp_path):
     path = str(tmp_path / "clf.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(loaded.predict(dict(batch), verbose=0),
-                               model.predict(dict(batch), verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.predict(dict(batch), verbose=0), model.predict(dict(batch), verbose=0), atol=1e-5
+    )
 
 
 def test_built_and_trained_inside_a_strategy_scope(tiny_encoder, batch):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     with strategy.scope():
         model = models.build_classifier(tiny_encoder, num_classes=2)
-        model.compile(optimizer="adam",
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = model.fit(dict(batch), LABELS, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
 
@@ -115,8 +131,7 @@ def test_preprocessor_in_tf_data_map_and_in_a_keras_model(tiny_preprocessor):
     first = next(iter(ds))
     assert first["input_word_ids"].shape == (4, 10)
     single = tf.data.Dataset.from_tensor_slices(TEXTS).map(pre)
-    np.testing.assert_array_equal(next(iter(single))["input_word_ids"],
-                                  first["input_word_ids"][0])
+    np.testing.assert_array_equal(next(iter(single))["input_word_ids"], first["input_word_ids"][0])
     inputs = keras.Input((), dtype="string")
     model = keras.Model(inputs, pre(inputs))
     out = model(tf.constant(TEXTS[:2]))
@@ -125,23 +140,31 @@ def test_preprocessor_in_tf_data_map_and_in_a_keras_model(tiny_preprocessor):
 
 def test_handles_cover_published_models():
     assert resolve_handle("bert_en_uncased_L-12_H-768_A-12") == (
-        "https://tfhub.dev/tensorflow/bert_en_uncased_L-12_H-768_A-12/4")
+        "https://tfhub.dev/tensorflow/bert_en_uncased_L-12_H-768_A-12/4"
+    )
     assert resolve_handle("bert_en_uncased_preprocess") == (
-        "https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3")
+        "https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3"
+    )
     small = [k for k in HANDLES if k.startswith("small_bert/")]
     assert len(small) == 24
     assert HANDLES["small_bert/bert_en_uncased_L-4_H-512_A-8"].endswith(
-        "/small_bert/bert_en_uncased_L-4_H-512_A-8/2")
+        "/small_bert/bert_en_uncased_L-4_H-512_A-8/2"
+    )
     assert resolve_handle("/some/local/folder") == "/some/local/folder"
 
 
-@pytest.mark.parametrize("handle,reason", [
-    ("bert_en_uncased_L-12_H-768_A-12", "Could not load"),
-    ("https://tfhub.dev/tensorflow/small_bert/bert_en_uncased_L-2_H-128_A-2/2", "Could not load"),
-    ("small_bert/bert_en_uncased_L-4_H-521_A-8", "Did you mean the name "
-                                                 "'small_bert/bert_en_uncased_L-4_H-512_A-8'"),
-    ("/no/such/folder", "neither a known name"),
-])
+@pytest.mark.parametrize(
+    "handle,reason",
+    [
+        ("bert_en_uncased_L-12_H-768_A-12", "Could not load"),
+        ("https://tfhub.dev/tensorflow/small_bert/bert_en_uncased_L-2_H-128_A-2/2", "Could not load"),
+        (
+            "small_bert/bert_en_uncased_L-4_H-521_A-8",
+            "Did you mean the name 'small_bert/bert_en_uncased_L-4_H-512_A-8'",
+        ),
+        ("/no/such/folder", "neither a known name"),
+    ],
+)
 def test_unresolvable_handle_fails_fast_with_fixes(handle, reason, monkeypatch, tmp_path):
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "empty_cache"))
     start = time.monotonic()
@@ -166,21 +189,25 @@ def test_preprocessor_rejects_an_encoder_folder(tiny_encoder):
 
 def test_frozen_word_embeddings_stay_put_while_the_rest_trains(tiny_encoder, batch):
     keras.utils.set_random_seed(1)
-    model = models.build_classifier(tiny_encoder, num_classes=2, pooling="mean",
-                                    freeze_word_embeddings=True)
+    model = models.build_classifier(tiny_encoder, num_classes=2, pooling="mean", freeze_word_embeddings=True)
     encoder = models.find_encoder(model)
     names = [w.name for w in encoder.weights if not w.trainable]
     assert names == ["embeddings_word_embeddings"]
     before = {w.name: w.numpy().copy() for w in encoder.weights}
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     model.fit(dict(batch), LABELS, epochs=2, verbose=0)
     after = {w.name: w.numpy() for w in encoder.weights}
     assert np.array_equal(before["embeddings_word_embeddings"], after["embeddings_word_embeddings"])
-    assert not np.array_equal(before["embeddings_position_embeddings"], after["embeddings_position_embeddings"])
+    assert not np.array_equal(
+        before["embeddings_position_embeddings"], after["embeddings_position_embeddings"]
+    )
     assert HubEncoder.from_config(encoder.get_config()).frozen == ("word_embeddings",)
     # Keras lists trainable weights first; saved_variables keeps the SavedModel's order.
     assert encoder.weights[-1].value is encoder.saved_variables[0]  # word_embeddings
     rebuilt = hub_format.load_bert_encoder(tiny_encoder, variables=encoder.saved_variables)
-    np.testing.assert_array_equal(rebuilt.embeddings.position_embeddings.numpy(),
-                                  after["embeddings_position_embeddings"])
+    np.testing.assert_array_equal(
+        rebuilt.embeddings.position_embeddings.numpy(), after["embeddings_position_embeddings"]
+    )

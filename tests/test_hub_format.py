@@ -1,4 +1,4 @@
-"""kd_tf.hub_format: TF-Hub-format BERT SavedModels written offline."""
+"""kd_tf.bert.hub_format: TF-Hub-format BERT SavedModels written offline."""
 
 import json
 import os
@@ -8,13 +8,25 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_tf import hub_format
-from kd_tf.hub import HubEncoder, HubPreprocessor
+from kd_tf.bert import HubEncoder, HubPreprocessor, convert, hub_format
 from tests.numpy_bert import bert_forward, mean_pool
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-HAND_VOCAB = SPECIAL + ["the", "movie", "was", "un", "##believ", "##able",
-                        "great", "!", ",", "not", "good", "bad", "plot"]
+HAND_VOCAB = SPECIAL + [
+    "the",
+    "movie",
+    "was",
+    "un",
+    "##believ",
+    "##able",
+    "great",
+    "!",
+    ",",
+    "not",
+    "good",
+    "bad",
+    "plot",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +46,11 @@ def test_wordpiece_matches_hand_checked_ids(hand_preprocessor):
     pre = HubPreprocessor(hand_preprocessor, seq_length=12)
     out = pre(tf.constant(["The movie was UNBELIEVABLE!", "Great plot, zebra"]))
     expected = [
-        ids("[CLS]", "the", "movie", "was", "un", "##believ", "##able", "!", "[SEP]")
-        + [0, 0, 0],
+        ids("[CLS]", "the", "movie", "was", "un", "##believ", "##able", "!", "[SEP]") + [0, 0, 0],
         ids("[CLS]", "great", "plot", ",", "[UNK]", "[SEP]") + [0] * 6,
     ]
     np.testing.assert_array_equal(out["input_word_ids"].numpy(), expected)
-    np.testing.assert_array_equal(out["input_mask"].numpy(),
-                                  [[1] * 9 + [0] * 3, [1] * 6 + [0] * 6])
+    np.testing.assert_array_equal(out["input_mask"].numpy(), [[1] * 9 + [0] * 3, [1] * 6 + [0] * 6])
     np.testing.assert_array_equal(out["input_type_ids"].numpy(), np.zeros((2, 12)))
     assert all(v.dtype == tf.int32 for v in out.values())
 
@@ -61,7 +71,8 @@ def test_text_pairs_truncate_round_robin(hand_preprocessor):
     out = pre((tf.constant(["the movie was great"]), tf.constant(["not good , bad plot"])))
     # 8 = [CLS] + 3 + [SEP] + 2 + [SEP]: the longer segments are trimmed in turn.
     assert out["input_word_ids"][0].numpy().tolist() == ids(
-        "[CLS]", "the", "movie", "was", "[SEP]", "not", "good", "[SEP]")
+        "[CLS]", "the", "movie", "was", "[SEP]", "not", "good", "[SEP]"
+    )
     assert out["input_type_ids"][0].numpy().tolist() == [0] * 5 + [1] * 3
     assert out["input_mask"][0].numpy().tolist() == [1] * 8
 
@@ -69,8 +80,12 @@ def test_text_pairs_truncate_round_robin(hand_preprocessor):
 def test_preprocessor_exposes_vocab_and_special_ids(hand_preprocessor):
     pre = HubPreprocessor(hand_preprocessor)
     assert pre.vocab_size == len(HAND_VOCAB)
-    assert pre.special_tokens == {"padding_id": 0, "start_of_sequence_id": 2,
-                                  "end_of_segment_id": 3, "mask_id": 4}
+    assert pre.special_tokens == {
+        "padding_id": 0,
+        "start_of_sequence_id": 2,
+        "end_of_segment_id": 3,
+        "mask_id": 4,
+    }
     ragged = pre.tokenize(tf.constant(["unbelievable movie"]))
     assert ragged.to_list() == [[ids("un", "##believ", "##able"), ids("movie")]]
 
@@ -78,11 +93,11 @@ def test_preprocessor_exposes_vocab_and_special_ids(hand_preprocessor):
 def test_preprocessor_folder_still_loads_after_move(hand_preprocessor, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(hand_preprocessor, moved)
-    assert not any(p.endswith("vocab.txt") and "assets" not in p
-                   for p in os.listdir(moved))
+    assert not any(p.endswith("vocab.txt") and "assets" not in p for p in os.listdir(moved))
     pre = HubPreprocessor(str(moved), seq_length=5)
     assert pre(tf.constant(["great movie"]))["input_word_ids"][0].numpy().tolist() == ids(
-        "[CLS]", "great", "movie", "[SEP]", "[PAD]")
+        "[CLS]", "great", "movie", "[SEP]", "[PAD]"
+    )
 
 
 def test_preprocessor_plain_call_is_length_128(tiny_preprocessor):
@@ -97,9 +112,11 @@ def test_encoder_has_tf_hub_interface(tiny_encoder, tiny_encoder_config):
     module = tf.saved_model.load(tiny_encoder)
     assert len(module.trainable_variables) == len(module.variables) > 0
     assert list(module.regularization_losses) == []
-    batch = {"input_word_ids": tf.constant([[101, 2023, 102, 0]]),
-             "input_mask": tf.constant([[1, 1, 1, 0]]),
-             "input_type_ids": tf.zeros([1, 4], tf.int32)}
+    batch = {
+        "input_word_ids": tf.constant([[101, 2023, 102, 0]]),
+        "input_mask": tf.constant([[1, 1, 1, 0]]),
+        "input_type_ids": tf.zeros([1, 4], tf.int32),
+    }
     out = module(batch, training=False)
     assert sorted(out) == ["default", "encoder_outputs", "pooled_output", "sequence_output"]
     h = tiny_encoder_config["hidden_size"]
@@ -121,12 +138,16 @@ def test_encoder_has_tf_hub_interface(tiny_encoder, tiny_encoder_config):
 
 def test_padding_does_not_change_real_tokens(tiny_encoder):
     module = tf.saved_model.load(tiny_encoder)
-    short = {"input_word_ids": tf.constant([[101, 2023, 3185, 102]]),
-             "input_mask": tf.ones([1, 4], tf.int32),
-             "input_type_ids": tf.zeros([1, 4], tf.int32)}
-    padded = {"input_word_ids": tf.constant([[101, 2023, 3185, 102, 0, 0, 0]]),
-              "input_mask": tf.constant([[1, 1, 1, 1, 0, 0, 0]]),
-              "input_type_ids": tf.zeros([1, 7], tf.int32)}
+    short = {
+        "input_word_ids": tf.constant([[101, 2023, 3185, 102]]),
+        "input_mask": tf.ones([1, 4], tf.int32),
+        "input_type_ids": tf.zeros([1, 4], tf.int32),
+    }
+    padded = {
+        "input_word_ids": tf.constant([[101, 2023, 3185, 102, 0, 0, 0]]),
+        "input_mask": tf.constant([[1, 1, 1, 1, 0, 0, 0]]),
+        "input_type_ids": tf.zeros([1, 7], tf.int32),
+    }
     a = module(short)["sequence_output"].numpy()
     b = module(padded)["sequence_output"].numpy()[:, :4]
     np.testing.assert_allclose(a, b, atol=1e-5)
@@ -155,22 +176,22 @@ def _run(path, batch):
     return tf.saved_model.load(path)(batch, training=False)
 
 
-BATCH = {"input_word_ids": tf.constant([[2, 17, 40, 3, 0], [2, 9, 3, 0, 0]]),
-         "input_mask": tf.constant([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]),
-         "input_type_ids": tf.zeros([2, 5], tf.int32)}
+BATCH = {
+    "input_word_ids": tf.constant([[2, 17, 40, 3, 0], [2, 9, 3, 0, 0]]),
+    "input_mask": tf.constant([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]),
+    "input_type_ids": tf.zeros([2, 5], tf.int32),
+}
 
 
 def test_student_with_all_layers_reproduces_teacher(teacher_path, tmp_path):
-    student = hub_format.write_student_from_teacher(teacher_path, str(tmp_path / "s"),
-                                                    layers=[0, 1, 2, 3])
+    student = hub_format.write_student_from_teacher(teacher_path, str(tmp_path / "s"), layers=[0, 1, 2, 3])
     t, s = _run(teacher_path, BATCH), _run(student, BATCH)
     for key in ("pooled_output", "sequence_output"):
         np.testing.assert_array_equal(t[key], s[key])
 
 
 def test_student_with_layer_subset_equals_running_those_layers(teacher_path, tmp_path):
-    student = hub_format.write_student_from_teacher(teacher_path, str(tmp_path / "s"),
-                                                    layers=[1, 3])
+    student = hub_format.write_student_from_teacher(teacher_path, str(tmp_path / "s"), layers=[1, 3])
     teacher = hub_format.load_bert_encoder(teacher_path)
     mask = tf.cast(BATCH["input_mask"], tf.float32)
     bias = (1.0 - mask[:, None, None, :]) * -10000.0
@@ -196,12 +217,14 @@ def test_student_rejects_bad_layer_lists(teacher_path, tmp_path, layers):
 
 @pytest.fixture(scope="module")
 def converted_minilm(minilm_dir, tmp_path_factory):
-    return hub_format.convert_hf_bert(minilm_dir, str(tmp_path_factory.mktemp("mini") / "m"))
+    return convert.convert_hf_bert(minilm_dir, str(tmp_path_factory.mktemp("mini") / "m"))
 
 
-SENTENCES = ["A gripping film with wonderful acting.",
-             "The movie had great performances and a moving story.",
-             "Preheat the oven and whisk the eggs with sugar."]
+SENTENCES = [
+    "A gripping film with wonderful acting.",
+    "The movie had great performances and a moving story.",
+    "Preheat the oven and whisk the eggs with sugar.",
+]
 
 
 def test_convert_hf_bert_matches_numpy_reference(converted_minilm, minilm_dir):
@@ -211,7 +234,7 @@ def test_convert_hf_bert_matches_numpy_reference(converted_minilm, minilm_dir):
     got = enc(batch)["sequence_output"].numpy()
     with open(os.path.join(minilm_dir, "config.json")) as f:
         config = json.load(f)
-    tensors = hub_format.read_hf_bert_tensors(minilm_dir)
+    tensors = convert.read_hf_bert_tensors(minilm_dir)
     ids, mask = batch["input_word_ids"].numpy(), batch["input_mask"].numpy()
     want = bert_forward(tensors, config, ids, mask)
     emb_got, emb_want = mean_pool(got, mask), mean_pool(want, mask)
@@ -223,13 +246,13 @@ def test_convert_hf_bert_matches_numpy_reference(converted_minilm, minilm_dir):
 
 def test_convert_hf_bert_errors_name_the_file(tmp_path, minilm_dir):
     with pytest.raises(FileNotFoundError, match="config.json"):
-        hub_format.convert_hf_bert(tmp_path, str(tmp_path / "out"))
+        convert.convert_hf_bert(tmp_path, str(tmp_path / "out"))
     shutil.copy(os.path.join(minilm_dir, "config.json"), tmp_path)
     with pytest.raises(FileNotFoundError, match="vocab.txt"):
-        hub_format.convert_hf_bert(tmp_path, str(tmp_path / "out"))
+        convert.convert_hf_bert(tmp_path, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
 def test_load_bert_encoder_refuses_foreign_savedmodel(tiny_preprocessor):
-    with pytest.raises(ValueError, match="was not written by kd_tf.hub_format"):
+    with pytest.raises(ValueError, match="was not written by kd_tf.bert.hub_format"):
         hub_format.load_bert_encoder(tiny_preprocessor)

@@ -22,11 +22,14 @@ NOTEBOOK_DIR = os.path.join(REPO_ROOT, "notebooks")
 
 def inject_parameters(nb, params):
     """Inserts `name = value` assignments after the cell tagged `parameters` (as papermill does)."""
-    index = next((i for i, cell in enumerate(nb.cells)
-                  if "parameters" in cell.get("metadata", {}).get("tags", [])), None)
+    index = next(
+        (i for i, cell in enumerate(nb.cells) if "parameters" in cell.get("metadata", {}).get("tags", [])),
+        None,
+    )
     assert index is not None, "the notebook has no cell tagged 'parameters'"
     source = "# Injected by tests/test_notebooks.py\n" + "\n".join(
-        f"{name} = {value!r}" for name, value in params.items())
+        f"{name} = {value!r}" for name, value in params.items()
+    )
     cell = nbformat.v4.new_code_cell(source)
     cell.metadata["tags"] = ["injected-parameters"]
     nb.cells.insert(index + 1, cell)
@@ -38,11 +41,12 @@ def run_notebook(name, params, time_limit_s):
     nb = nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4)
     for cell in nb.cells:
         assert cell.cell_type != "code" or not cell.get("outputs"), (
-            f"{name} is stored with outputs: strip them before committing")
+            f"{name} is stored with outputs: strip them before committing"
+        )
     inject_parameters(nb, params)
     client = nbclient.NotebookClient(
-        nb, timeout=time_limit_s, kernel_name="python3",
-        resources={"metadata": {"path": NOTEBOOK_DIR}})
+        nb, timeout=time_limit_s, kernel_name="python3", resources={"metadata": {"path": NOTEBOOK_DIR}}
+    )
     start = time.perf_counter()
     client.execute()
     seconds = time.perf_counter() - start
@@ -53,13 +57,22 @@ def run_notebook(name, params, time_limit_s):
 
 def text_output(nb):
     """All stdout the notebook printed, in order."""
-    return "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
-                   for out in cell.get("outputs", []) if out.get("name") == "stdout")
+    return "".join(
+        out.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("name") == "stdout"
+    )
 
 
 def images_shown(nb):
-    return sum("image/png" in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
-               for out in cell.get("outputs", []))
+    return sum(
+        "image/png" in out.get("data", {})
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+    )
 
 
 def read_results(out_dir):
@@ -90,8 +103,9 @@ def test_04_the_math(tmp_path):
 
 
 def test_05_images(tmp_path):
-    nb, _ = run_notebook("05_images.ipynb", {"TEACHER_EPOCHS": 15, "STUDENT_EPOCHS": 20,
-                                             "OUT_DIR": str(tmp_path)}, 180)
+    nb, _ = run_notebook(
+        "05_images.ipynb", {"TEACHER_EPOCHS": 15, "STUDENT_EPOCHS": 20, "OUT_DIR": str(tmp_path)}, 180
+    )
     results = read_results(tmp_path)
     rows = {r["model"]: r for r in results["rows"]}
     assert list(rows) == ["teacher", "distilled student", "label-only student"]
@@ -110,9 +124,11 @@ def test_01_quickstart(tmp_path, monkeypatch):
     # The notebook converts all-MiniLM-L6-v2 into kd-tf's model cache: keep it inside the test's folder.
     monkeypatch.setenv("KD_TF_CACHE", str(tmp_path / "model_cache"))
     out = tmp_path / "out"
-    nb, _ = run_notebook("01_quickstart.ipynb", {
-        "TRAIN_SIZE": 128, "TEST_SIZE": 64, "SEQ_LENGTH": 64, "STUDENT_EPOCHS": 1,
-        "OUT_DIR": str(out)}, 300)
+    nb, _ = run_notebook(
+        "01_quickstart.ipynb",
+        {"TRAIN_SIZE": 128, "TEST_SIZE": 64, "SEQ_LENGTH": 64, "STUDENT_EPOCHS": 1, "OUT_DIR": str(out)},
+        300,
+    )
     results = read_results(out)
     rows = {r["model"]: r for r in results["rows"]}
     assert list(rows) == ["teacher", "distilled student"]
@@ -129,16 +145,35 @@ def test_01_quickstart(tmp_path, monkeypatch):
 def test_02_imdb_bert_distillation(tmp_path, tiny_encoder, tiny_preprocessor):
     """Section 5 with local TF-Hub-format models (a 4-layer teacher, the 2-layer tiny student) and tfds
     mock data entered by the notebook itself (mock_data patches tfds inside the kernel's process)."""
-    from kd_tf import hub_format
+    from kd_tf.bert import hub_format
 
-    teacher = hub_format.write_bert_encoder(str(tmp_path / "teacher"), num_layers=4, hidden_size=64,
-                                            num_heads=2, intermediate_size=128, vocab_size=30522, seed=3)
+    teacher = hub_format.write_bert_encoder(
+        str(tmp_path / "teacher"),
+        num_layers=4,
+        hidden_size=64,
+        num_heads=2,
+        intermediate_size=128,
+        vocab_size=30522,
+        seed=3,
+    )
     out = tmp_path / "out"
-    nb, _ = run_notebook("02_imdb_bert_distillation.ipynb", {
-        "TEACHER_HANDLE": teacher, "STUDENT_HANDLE": tiny_encoder, "PREPROCESSOR_HANDLE": tiny_preprocessor,
-        "SEQ_LENGTH": 64, "VALIDATION_SIZE": 16, "TEACHER_EPOCHS": 1, "STUDENT_EPOCHS": 1,
-        "TFDS_DATA_DIR": str(tmp_path / "tfds"), "USE_MOCK_TFDS": True, "MOCK_EXAMPLES": 64,
-        "OUT_DIR": str(out)}, 240)
+    nb, _ = run_notebook(
+        "02_imdb_bert_distillation.ipynb",
+        {
+            "TEACHER_HANDLE": teacher,
+            "STUDENT_HANDLE": tiny_encoder,
+            "PREPROCESSOR_HANDLE": tiny_preprocessor,
+            "SEQ_LENGTH": 64,
+            "VALIDATION_SIZE": 16,
+            "TEACHER_EPOCHS": 1,
+            "STUDENT_EPOCHS": 1,
+            "TFDS_DATA_DIR": str(tmp_path / "tfds"),
+            "USE_MOCK_TFDS": True,
+            "MOCK_EXAMPLES": 64,
+            "OUT_DIR": str(out),
+        },
+        240,
+    )
     results = read_results(out)
     assert results["mock_data"] is True
     assert results["sizes"] == {"train": 48, "validation": 16, "test": 64}
@@ -155,8 +190,9 @@ def test_03_export_for_mobile(tmp_path, tiny_encoder, tiny_preprocessor):
     """Export of a tiny student (trained one epoch on real reviews here) to every TFLite variant."""
     import keras
 
-    from kd_tf import data, models
-    from kd_tf.hub import HubPreprocessor
+    from kd_tf import classify as data
+    from kd_tf.bert import HubPreprocessor
+    from kd_tf.classify import models
 
     reviews = data.load_movie_reviews()
     _, sample = data.stratified_split(reviews, 64 / len(reviews), seed=0)
@@ -166,9 +202,18 @@ def test_03_export_for_mobile(tmp_path, tiny_encoder, tiny_preprocessor):
     student_path = str(tmp_path / "student.keras")
     student.save(student_path)
     out = tmp_path / "out"
-    nb, _ = run_notebook("03_export_for_mobile.ipynb", {
-        "STUDENT_PATH": student_path, "PREPROCESSOR": tiny_preprocessor, "SEQ_LENGTH": 64,
-        "NUM_SAMPLES": 32, "LATENCY_RUNS": 5, "OUT_DIR": str(out)}, 240)
+    nb, _ = run_notebook(
+        "03_export_for_mobile.ipynb",
+        {
+            "STUDENT_PATH": student_path,
+            "PREPROCESSOR": tiny_preprocessor,
+            "SEQ_LENGTH": 64,
+            "NUM_SAMPLES": 32,
+            "LATENCY_RUNS": 5,
+            "OUT_DIR": str(out),
+        },
+        240,
+    )
     results = read_results(out)
     assert results["passed"] is True
     rows = {r["variant"]: r for r in results["rows"]}

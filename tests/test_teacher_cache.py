@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_tf.distiller import Distiller
-from kd_tf.teacher_cache import TeacherCache, dataset_fingerprint, model_fingerprint
+from kd_tf.distill import Distiller, TeacherCache, dataset_fingerprint, model_fingerprint
 from tests.distill_helpers import assert_weights_close, make_data, mlp, trained_teacher, weights_of
 
 
@@ -98,7 +97,7 @@ def test_kill_during_caching_leaves_no_complete_cache(tmp_path):
 import os, sys, time
 sys.path.insert(0, {os.getcwd()!r})
 import numpy as np, tensorflow as tf
-from kd_tf.teacher_cache import TeacherCache
+from kd_tf.distill import TeacherCache
 from tests.distill_helpers import make_data, mlp
 x, y = make_data(64)
 def sleep(v):

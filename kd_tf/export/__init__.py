@@ -1,0 +1,33 @@
+"""Export for servers and phones, verified on the real runtimes.
+
+* `export_student` (`student`): a classifier into a serving SavedModel on raw text, a TF-Hub-format encoder
+  and preprocessor, and TFLite variants with MediaPipe metadata, each checked against the Keras student.
+* `saved_model`: the serving SavedModel and the TF-Hub-format encoder.
+* `litert`: TFLite conversion with builtin ops only, and `LiteRTClassifier`, the LiteRT runner.
+* `metadata`: MediaPipe `TextClassifier` metadata and the text folding phones need.
+* `checks` and `report`: what is refused before writing, what is compared after, `ExportReport`.
+"""
+
+import kd_tf
+from kd_tf.export.checks import read_texts
+from kd_tf.export.litert import LiteRTClassifier, convert_to_tflite, tflite_input_names, tflite_operators
+from kd_tf.export.metadata import normalize_for_mobile
+from kd_tf.export.report import REPORT_JSON, REPORT_MARKDOWN, VARIANTS, ExportError, ExportReport
+from kd_tf.export.student import export_student
+
+__all__ = [
+    "REPORT_JSON",
+    "REPORT_MARKDOWN",
+    "VARIANTS",
+    "ExportError",
+    "ExportReport",
+    "LiteRTClassifier",
+    "convert_to_tflite",
+    "export_student",
+    "normalize_for_mobile",
+    "read_texts",
+    "tflite_input_names",
+    "tflite_operators",
+]
+
+kd_tf._finish_import(__name__)
