@@ -8,6 +8,7 @@ The house: a task-agnostic core and wings around it.
   converters, presets).
 * `kd_tf.classify`: the text-classification task (data, classifiers, evaluation, report).
 * `kd_tf.export`: servers and phones (serving SavedModel, TFLite/LiteRT, MediaPipe metadata).
+* `kd_tf.lm`: causal language models (SmolLM2 teacher from GGUF, KerasHub students).
 * `kd_tf.config`, `kd_tf.pipeline`, `kd_tf.cli`: one typed config, the run steps, the command line.
 
 Every public name is importable from here (`from kd_tf import Distiller, HubEncoder, make_dataset`) and is
@@ -77,14 +78,15 @@ _PACKAGES = {
         "convert_to_tflite",
         "export_student",
     ),
+    "kd_tf.lm": ("build_student", "check_tokenizers_match", "cut_student", "load_causal_lm"),
     "kd_tf.config": ("ConfigError", "RunConfig", "load_config"),
     "kd_tf.pipeline": ("Pipeline", "PipelineError"),
 }
 _LAZY = {name: module for module, names in _PACKAGES.items() for name in names}
-_SUBPACKAGES = ("bert", "classify", "config", "distill", "export", "paths", "pipeline")
+_SUBPACKAGES = ("bert", "classify", "config", "distill", "export", "lm", "paths", "pipeline")
 
 # Modules that register Keras-serializable classes (`package="kd_tf"`).
-_SERIALIZABLE = ("kd_tf.distill", "kd_tf.bert.hub", "kd_tf.classify.models")
+_SERIALIZABLE = ("kd_tf.distill", "kd_tf.bert.hub", "kd_tf.classify.models", "kd_tf.lm")
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

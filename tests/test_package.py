@@ -27,7 +27,7 @@ def run_python(code, timeout=300):
 def test_every_public_name_resolves():
     for name in kd_tf.__all__:
         assert getattr(kd_tf, name) is not None, name
-    for package in ("distill", "bert", "classify", "export", "pipeline"):
+    for package in ("distill", "bert", "classify", "export", "pipeline", "lm"):
         module = importlib.import_module(f"kd_tf.{package}")
         for name in module.__all__:
             assert hasattr(module, name), f"kd_tf.{package}.{name}"
