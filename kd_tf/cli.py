@@ -98,15 +98,11 @@ def _pipeline(args, steps, default_config=None):
 
     path = args.config or (default_config and _repo_config(default_config))
     config = config_lib.load_config(path, args.set or [])
-    if getattr(args, "fresh", False):
-        import shutil
-
-        shutil.rmtree(config.run_dir, ignore_errors=True)
     runner = pipeline.Pipeline(config, verbose=1 if sys.stdout.isatty() else 2)
     start = time.perf_counter()
     # --force reruns the command's own steps; missing prerequisites run anyway.
     own = [s for s in steps if s != "teacher"] if args.command == "distill" else steps
-    records = runner.run(steps, force=own if args.force else ())
+    records = runner.run(steps, force=own if args.force else (), fresh=args.fresh)
     print(f"run folder: {config.run_dir}")
     print(
         "time per step: "
@@ -132,13 +128,24 @@ def _add_run_options(p, config_required=True):
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set teacher.epochs=1 (repeatable)",
     )
-    p.add_argument("--force", action="store_true", help="rerun the steps even if they finished before")
-    p.add_argument("--fresh", action="store_true", help="delete the run folder first and start from nothing")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="rerun the steps even if they finished before (their last outputs stay until a rerun succeeds)",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete the run folder first and start from nothing (only a kd-tf run folder in output_dir)",
+    )
 
 
 def _export(args):
     from kd_tf import export
+    from kd_tf.export import checks
 
+    # A .keras file names its encoder by handle, and loading it runs that SavedModel's graph.
+    student = checks.load_student(args.student, allow_remote_handles=args.allow_remote_handles)
     samples = export.read_texts(args.sample_file, args.max_samples, args.text_column)
     calibration = (
         export.read_texts(args.calibration_file, args.max_samples, args.text_column)
@@ -146,7 +153,7 @@ def _export(args):
         else None
     )
     report = export.export_student(
-        args.student,
+        student,
         args.out_dir,
         args.preprocessor,
         label_names=[n.strip() for n in args.labels.split(",")],
@@ -246,6 +253,12 @@ def build_parser():
     )
     p.add_argument(
         "--allow-untrained", action="store_true", help="export a student that shows no sign of training"
+    )
+    p.add_argument(
+        "--allow-remote-handles",
+        action="store_true",
+        help="load a student whose encoder or preprocessor handle is a URL or a published TF Hub/Kaggle "
+        "name: loading runs that model's code (see docs/security.md); refused without this flag",
     )
     p.set_defaults(func=_export)
 

@@ -24,6 +24,7 @@ student:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from typing import Optional
@@ -41,6 +42,12 @@ _fraction = (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
 _non_negative = (lambda v: v >= 0, "must be >= 0")
 _above_zero = (lambda v: v > 0, "must be > 0")
 _seq_length = (lambda v: 3 <= v <= 512, "must be in [3, 512]")
+_seed = (lambda v: 0 <= v <= 2**32 - 1, "must be in [0, 4294967295]")
+_batch_size = (lambda v: 1 <= v <= 8192, "must be in [1, 8192]")
+
+TEACHER_LAYERS = {"kd-tf:all-MiniLM-L6-v2": 6}
+"""Depths of teachers known without loading them: `student.init_layers` is checked against them when
+the config is read (other teachers are checked before the run starts, or when the student is cut)."""
 
 
 def _field(default, doc, check=None, choices=None, default_factory=None):
@@ -84,7 +91,7 @@ class DataConfig:
         check=_non_negative,
     )
     seq_length: int = _field(128, "tokens per example, [CLS] and [SEP] included", check=_seq_length)
-    batch_size: int = _field(32, "examples per batch", check=_positive)
+    batch_size: int = _field(32, "examples per batch", check=_batch_size)
     bucketing: bool = _field(True, "batch by length with dynamic padding")
 
 
@@ -127,7 +134,10 @@ class StudentConfig:
         "(init_layers), which needs a kd-tf-written teacher encoder",
     )
     init_layers: Optional[typing.List[int]] = _field(
-        None, "teacher blocks copied into the student, e.g. [1, 4]", default_factory=lambda: [1, 4]
+        None,
+        "teacher blocks copied into the student, e.g. [1, 4]: distinct indices from 0",
+        check=_non_negative,
+        default_factory=lambda: [1, 4],
     )
     pooling: str = _field("pooled", "pooled, cls or mean", choices=("pooled", "cls", "mean"))
     dropout: float = _field(0.1, "dropout before the classification head", check=_fraction)
@@ -181,9 +191,9 @@ class EvaluateConfig:
 class RunConfig:
     """One run: `saved_models/<run_name>/` holds everything it writes."""
 
-    run_name: str = _field("run", "folder name of the run under output_dir")
+    run_name: str = _field("run", "folder name of the run under output_dir (a plain name: not . or ..)")
     output_dir: str = _field("saved_models", "parent folder of runs")
-    seed: int = _field(42, "seed of splits, sampling, initialisation and shuffling")
+    seed: int = _field(42, "seed of splits, sampling, initialisation and shuffling", check=_seed)
     data: DataConfig = _field(None, "data", default_factory=DataConfig)
     teacher: TeacherConfig = _field(None, "teacher", default_factory=TeacherConfig)
     student: StudentConfig = _field(None, "student", default_factory=StudentConfig)
@@ -246,6 +256,8 @@ def _coerce(value, tp, key):
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: {value!r} is not a finite number; give a finite value.")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -287,12 +299,26 @@ def _build(cls, values, prefix=""):
 def _cross_checks(config):
     if config.data.source in ("aclimdb", "table") and not config.data.path:
         raise ConfigError(f"data.path: the {config.data.source} source needs a path.")
-    if config.student.encoder is None and not config.student.init_layers:
+    layers = config.student.init_layers
+    if config.student.encoder is None and not layers:
         raise ConfigError(
             "student.init_layers: give the teacher layers to copy, or set student.encoder to a TF Hub handle."
         )
-    if not config.run_name or os.sep in config.run_name:
-        raise ConfigError(f"run_name: {config.run_name!r} must be a plain folder name.")
+    if layers and len(set(layers)) != len(layers):
+        repeated = sorted({i for i in layers if layers.count(i) > 1})
+        raise ConfigError(f"student.init_layers: {layers} repeats {repeated}; give each teacher block once.")
+    depth = TEACHER_LAYERS.get(config.teacher.encoder)
+    if config.student.encoder is None and layers and depth is not None and max(layers) >= depth:
+        raise ConfigError(
+            f"student.init_layers: {layers} names block {max(layers)}, but the teacher "
+            f"{config.teacher.encoder} has {depth} blocks (0..{depth - 1})."
+        )
+    name = config.run_name
+    if name in ("", ".", "..") or any(c in name for c in ("/", "\\", "\0")) or os.sep in name:
+        raise ConfigError(
+            f"run_name: {name!r} must be a plain folder name (not '.' or '..', no path separators): "
+            f"the run lives in output_dir/run_name."
+        )
     for variant in config.export.variants:
         if variant not in ("float32", "float16", "dynamic_int8", "full_int8"):
             raise ConfigError(
@@ -359,6 +385,26 @@ def apply_overrides(values, overrides):
     return values
 
 
+def _refuse_duplicate_keys(node, path, prefix=""):
+    """Raises ConfigError for a key written twice in one mapping (YAML would keep the last silently)."""
+    if isinstance(node, yaml.MappingNode):
+        lines = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            if key is not None and key in lines:
+                raise ConfigError(
+                    f"{path}: {prefix}{key} is written twice (lines {lines[key]} and {line}); "
+                    f"YAML would keep only the second. Delete one of them."
+                )
+            if key is not None:
+                lines[key] = line
+            _refuse_duplicate_keys(value_node, path, f"{prefix}{key}." if key is not None else prefix)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(item, path, prefix)
+
+
 def load_config(path=None, overrides=()):
     """Reads a YAML run config, applies `--set` overrides and checks every value.
 
@@ -370,7 +416,8 @@ def load_config(path=None, overrides=()):
         A `RunConfig`.
 
     Raises:
-        ConfigError: for unreadable YAML or a bad value, naming the file and key.
+        ConfigError: for unreadable YAML, a key written twice or a bad value, naming the file and key
+            (and, for a repeated key, both lines).
 
     Example:
     ```python
@@ -381,7 +428,9 @@ def load_config(path=None, overrides=()):
     if path is not None:
         try:
             with open(path) as f:
-                values = yaml.safe_load(f) or {}
+                text = f.read()
+            _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), path)
+            values = yaml.safe_load(text) or {}
         except FileNotFoundError as e:
             raise ConfigError(f"{path}: no such config file.") from e
         except yaml.YAMLError as e:
@@ -393,9 +442,26 @@ def load_config(path=None, overrides=()):
 
 
 def save_config(config, path):
-    """Writes the resolved config as YAML (every field, defaults included)."""
-    with open(path, "w") as f:
-        yaml.safe_dump(config_to_dict(config), f, sort_keys=False)
+    """Writes the resolved config as YAML (every field, defaults included), atomically.
+
+    Args:
+        config: a `RunConfig`.
+        path: the YAML file; a temporary sibling is renamed onto it, so it is never half-written.
+
+    Example:
+    ```python
+    save_config(load_config("configs/demo.yaml"), "saved_models/demo/config.yaml")
+    ```
+    """
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            yaml.safe_dump(config_to_dict(config), f, sort_keys=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def describe_fields(cls=RunConfig, prefix=""):

@@ -136,3 +136,66 @@ def test_errors_are_one_line_with_non_zero_exit(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("kd-tf inspect: error: HubHandleError:")
+
+
+def _with_handle(path, out, handle):
+    """A copy of the .keras file `path` whose encoder layer names `handle` (as a crafted file would)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+
+                def swap(node):
+                    if isinstance(node, dict):
+                        if isinstance(node.get("config"), dict) and "handle" in node["config"]:
+                            node["config"]["handle"] = handle
+                        for value in node.values():
+                            swap(value)
+                    elif isinstance(node, list):
+                        for value in node:
+                            swap(value)
+
+                swap(config)
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    return str(out)
+
+
+@pytest.mark.parametrize(
+    "handle",
+    [
+        "https://tfhub.dev/tensorflow/small_bert/bert_en_uncased_L-2_H-128_A-2/2",
+        "small_bert/bert_en_uncased_L-2_H-128_A-2",
+        "https://www.kaggle.com/models/tensorflow/bert/TensorFlow2/en-uncased-l-2-h-128-a-2/2",
+    ],
+)
+def test_export_refuses_a_student_with_a_remote_handle(
+    handle, tiny_encoder, tiny_preprocessor, tmp_path, capsys
+):
+    from kd_tf.classify import build_classifier
+
+    model = build_classifier(tiny_encoder, 2, pooling="mean", name="student")
+    model.save(tmp_path / "student.keras")
+    crafted = _with_handle(tmp_path / "student.keras", tmp_path / "crafted.keras", handle)
+    (tmp_path / "texts.txt").write_text("a good film\na bad film\n")
+    args = [
+        "export",
+        crafted,
+        str(tmp_path / "out"),
+        "--preprocessor",
+        tiny_preprocessor,
+        "--labels",
+        "neg,pos",
+    ]
+    args += ["--sample-file", str(tmp_path / "texts.txt"), "--variants", "float32"]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert f"its layer 'encoder' loads the remote handle {handle}" in err and "--allow-remote-handles" in err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+    # Opting in lets kd-tf load it: here, with no network, the download itself fails.
+    assert cli.main(args + ["--allow-remote-handles"]) == 1
+    assert "TFHUB_CACHE_DIR" in capsys.readouterr().err  # HubHandleError: the handle could not be fetched
+    assert not (tmp_path / "out").exists()

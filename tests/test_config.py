@@ -64,6 +64,21 @@ def test_set_overrides_parse_yaml_values():
         ("data.source=table", "data.path: the table source needs a path"),
         ("teacher=3", "teacher: expected a mapping of TeacherConfig fields"),
         ("epochs", "--set 'epochs': write key=value"),
+        ("teacher.learning_rate=.inf", "teacher.learning_rate: inf is not a finite number"),
+        ("distill.temperature=.nan", "distill.temperature: nan is not a finite number"),
+        ("run_name=..", "run_name: '..' must be a plain folder name"),
+        ("run_name=.", "run_name: '.' must be a plain folder name"),
+        ("run_name=a/b", "run_name: 'a/b' must be a plain folder name"),
+        ("seed=-1", "seed: -1 is impossible: it must be in [0, 4294967295]"),
+        ("seed=4294967296", "seed: 4294967296 is impossible: it must be in [0, 4294967295]"),
+        ("data.batch_size=0", "data.batch_size: 0 is impossible: it must be in [1, 8192]"),
+        ("data.batch_size=100000", "data.batch_size: 100000 is impossible: it must be in [1, 8192]"),
+        ("student.init_layers=[1, 1]", "student.init_layers: [1, 1] repeats [1]"),
+        ("student.init_layers=[-1, 2]", "student.init_layers: [-1, 2] is impossible: it must be >= 0"),
+        (
+            "student.init_layers=[1, 6]",
+            "student.init_layers: [1, 6] names block 6, but the teacher kd-tf:all-MiniLM-L6-v2 has 6 blocks",
+        ),
     ],
 )
 def test_bad_values_name_the_key(override, message):
@@ -86,3 +101,42 @@ def test_every_field_is_documented():
     lines = config_lib.describe_fields()
     assert any(line.startswith("distill.temperature: ") for line in lines)
     assert all(": " in line and len(line.split(": ", 1)[1]) > 5 for line in lines)
+
+
+def test_extreme_valid_values_are_accepted():
+    config = load_config(
+        CONFIGS[0], ["seed=4294967295", "data.batch_size=8192", "student.init_layers=[0, 5]", "run_name=.x"]
+    )
+    assert (config.seed, config.data.batch_size, config.student.init_layers) == (2**32 - 1, 8192, [0, 5])
+    # A student with its own encoder copies no teacher blocks: init_layers is not checked against them.
+    assert load_config(CONFIGS[0], ["student.encoder=/models/small", "student.init_layers=[9]"])
+
+
+def test_a_key_written_twice_is_refused_with_both_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("run_name: a\nteacher:\n  epochs: 1\n  dropout: 0.2\n  epochs: 3\nseed: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: teacher.epochs is written twice (lines 3 and 5); YAML would keep only the second. "
+        f"Delete one of them."
+    )
+    path.write_text("seed: 1\nrun_name: a\nseed: 2\n")
+    with pytest.raises(ConfigError, match=r"seed is written twice \(lines 1 and 3\)"):
+        load_config(path)
+
+
+def test_known_teacher_depth_matches_the_installed_preset(minilm_dir):
+    import json
+
+    with open(os.path.join(minilm_dir, "config.json")) as f:
+        layers = json.load(f)["num_hidden_layers"]
+    assert config_lib.TEACHER_LAYERS["kd-tf:all-MiniLM-L6-v2"] == layers
+
+
+def test_saved_config_is_written_whole(tmp_path):
+    config = load_config(CONFIGS[0])
+    out = tmp_path / "config.yaml"
+    out.write_text("old")
+    config_lib.save_config(config, out)
+    assert load_config(out) == config and os.listdir(tmp_path) == ["config.yaml"]

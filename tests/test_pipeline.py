@@ -1,16 +1,25 @@
 """kd_tf.pipeline through the kd-tf command line: tiny TF-Hub-format models, real IMDB text."""
 
+import hashlib
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 
 from kd_tf import cli, pipeline
 from kd_tf.bert import hub_format
-from kd_tf.classify import evaluate
-from kd_tf.config import load_config
+from kd_tf.classify import TextDataset, evaluate
+from kd_tf.config import config_from_dict, load_config
+from kd_tf.pipeline import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_LINES = [f"[{s}]" for s in pipeline.STEPS]
@@ -221,3 +230,254 @@ def test_gpu_config_runs_with_local_models_and_mock_tfds(tmp_path, tiny_encoder,
     assert report["config"]["teacher"]["pooling"] == "pooled"
     assert report["data"]["sizes"] == {"train": 32, "validation": 8, "test": 40}
     assert report["models"]["student"]["encoder"] == student
+
+
+# --------------------------------------------------------------------------- faults and bad input
+def strict_load(path):
+    """Reads a JSON file, refusing NaN and Infinity (which are not JSON)."""
+
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}")
+
+    with open(path) as f:
+        return json.load(f, parse_constant=refuse)
+
+
+def digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_a_diverging_teacher_stops_and_saves_nothing(tmp_path, tiny_encoder, tiny_preprocessor, capsys):
+    """A huge learning rate really diverges: the step fails, no NaN model or record is written."""
+    config_path = tiny_config(
+        tmp_path, tiny_encoder, tiny_preprocessor, teacher={"epochs": 2, "learning_rate": 1e30}
+    )
+    run_dir = load_config(config_path).run_dir
+    assert cli.main(["finetune-teacher", "--config", config_path]) == 1
+    captured = capsys.readouterr()
+    assert "Invalid loss, terminating training" in captured.out  # stopped at the first NaN batch
+    assert "Epoch 2/2" not in captured.out
+    err = captured.err
+    assert "TrainingDiverged: the teacher diverged in epoch 1" in err
+    assert "nothing was saved" in err and "lower teacher.learning_rate (now 1e+30)" in err
+    assert not os.path.exists(os.path.join(run_dir, "teacher"))
+    assert os.listdir(os.path.join(run_dir, "steps")) == []
+    assert not os.path.exists(os.path.join(run_dir, ".aside"))
+    # No later step runs on a step that did not finish.
+    assert cli.main(["evaluate", "--config", config_path]) == 1
+    assert "the evaluate step needs the teacher step, which has not finished" in capsys.readouterr().err
+
+
+def test_best_weights_ignore_a_diverged_epoch(tmp_path):
+    """Epoch 2 diverges for real (learning rate 1e36) and, with NaN logits, scores the best val_accuracy:
+    plain EarlyStopping(restore_best_weights) would keep it. fit_keep_best keeps epoch 1."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    x_val = rng.normal(size=(32, 8)).astype("float32")
+    y_val = np.zeros(32, "int64")  # NaN logits argmax to class 0: a diverged model scores 100%
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(16)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)]
+    )
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([4], [1e-2, 1e36])  # 4 batches = epoch 1
+    model.compile(
+        keras.optimizers.Adam(schedule),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    result = training.fit_keep_best(
+        model, model, train, val, epochs=3, patience=3, callbacks=[], verbose=0, what="m", hint="lower it"
+    )
+    assert result.best_epoch == 1 and result.status.startswith("diverged in epoch 2")
+    assert np.isnan(result.history["loss"][1])
+    assert training.weights_finite(model)
+    assert result.best_val_accuracy == pytest.approx(result.history["val_accuracy"][0])
+    result.save(tmp_path / "history.json")
+    saved = strict_load(tmp_path / "history.json")
+    assert saved["history"]["loss"][1] is None and saved["status"] == result.status
+
+
+def test_report_of_non_finite_predictions_is_strict_json(finished_run, tmp_path, capsys):
+    """Predictions with NaN logits (as kd-tf 0.2 saved from a diverged student) meet no target."""
+    _, run_dir = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(
+        run_dir, copy, ignore=shutil.ignore_patterns("export", "savedmodel", "teacher_cache", "logs")
+    )
+    preds = evaluate.load_predictions(copy / "predictions" / "student.npz")
+    evaluate.save_predictions(
+        copy / "predictions" / "student.npz", np.full_like(preds["logits"], np.nan), preds["labels"]
+    )
+    assert cli.main(["report", str(copy)]) == 0
+    report = strict_load(copy / "report.json")
+    student = report["models"]["student"]
+    assert student["accuracy"] is None and student["status"].startswith("non-finite logits: 48 of 48")
+    ratio = [t for t in report["targets"] if t["name"] == "student accuracy / teacher accuracy"][0]
+    assert ratio["value"] is None and ratio["met"] is None
+    assert report["models"]["teacher"]["accuracy"] is not None
+    assert "non-finite logits" in (copy / "report.md").read_text()
+
+
+def test_changed_texts_with_the_same_ids_are_refused(
+    tmp_path, tiny_encoder, tiny_preprocessor, sst2_dir, capsys
+):
+    """Also: a first step that failed (mistyped path) does not pin its config."""
+    table = tmp_path / "sst2" / "train.tsv"
+    values = dict(
+        data={"source": "table", "path": str(tmp_path / "sst2" / "trian.tsv"), "text_column": "sentence"},
+        teacher={"epochs": 1},
+        student={"epochs": 1},
+    )
+    config_path = tiny_config(tmp_path, tiny_encoder, tiny_preprocessor, **values)
+    assert cli.main(["finetune-teacher", "--config", config_path]) == 1
+    assert "trian.tsv: no such file" in capsys.readouterr().err
+    table.parent.mkdir()
+    shutil.copy(os.path.join(sst2_dir, "train.tsv"), table)
+    fixed = ["--set", f"data.path={table}"]
+    assert cli.main(["finetune-teacher", "--config", config_path, *fixed]) == 0
+    run_dir = load_config(config_path).run_dir
+    # Every row edited, ids (file:line) unchanged: the teacher no longer matches the data.
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join([lines[0]] + [f"not {line}" for line in lines[1:]]) + "\n")
+    capsys.readouterr()
+    assert cli.main(["distill", "--config", config_path, *fixed]) == 1
+    err = capsys.readouterr().err
+    assert "changed since its earlier steps" in err and "train, validation, test, transfer split(s)" in err
+    assert "--fresh" in err
+    assert sorted(os.listdir(os.path.join(run_dir, "steps"))) == ["teacher.json"]
+
+
+def test_data_fingerprint_covers_ids_texts_pairs_and_labels():
+    base = dict(texts=["good", "bad"], labels=[1, 0], ids=["a", "b"], label_names=("neg", "pos"))
+    prints = {
+        pipeline.data_fingerprint(TextDataset(**{**base, **change}))
+        for change in ({}, {"texts": ["good", "bad!"]}, {"labels": [1, 1]}, {"ids": ["a", "c"]})
+    }
+    prints.add(pipeline.data_fingerprint(TextDataset(**base, text_pairs=["x", "y"])))
+    assert len(prints) == 5
+
+
+def test_a_five_megabyte_review_in_a_csv_is_read(tmp_path):
+    rng = np.random.default_rng(0)
+    long_review = " ".join(rng.choice(["great", "film", "dull", "plot"], size=1_000_000))  # ~5 MB
+    rows = ["text,label"] + [f"review {i} was {'good' if i % 2 else 'bad'},{i % 2}" for i in range(40)]
+    rows.append(f'"{long_review}",1')
+    path = tmp_path / "reviews.csv"
+    path.write_text("\n".join(rows) + "\n")
+    config = config_from_dict(
+        {"data": {"source": "table", "path": str(path), "test_size": 8, "validation_size": 8}}
+    )
+    splits = pipeline.load_splits(config)
+    texts = [t for name in ("train", "validation", "test") for t in splits[name].texts]
+    assert len(texts) == 41 and max(len(t) for t in texts) == len(long_review) > 5_000_000
+
+
+def test_student_layers_beyond_a_local_teacher_are_refused_before_training(
+    tmp_path, tiny_encoder, tiny_preprocessor, capsys
+):
+    config_path = tiny_config(tmp_path, tiny_encoder, tiny_preprocessor, student={"init_layers": [0, 5]})
+    assert cli.main(["run", "--config", config_path]) == 1
+    err = capsys.readouterr().err
+    assert "student.init_layers: [0, 5] names block 5" in err and "2 blocks (0..1)" in err
+    assert not os.path.exists(os.path.join(load_config(config_path).run_dir, "steps"))
+
+
+def test_fresh_deletes_only_a_kd_tf_run_folder(tmp_path, tiny_encoder, tiny_preprocessor, capsys):
+    config_path = tiny_config(tmp_path, tiny_encoder, tiny_preprocessor)
+    mine = tmp_path / "runs" / "tiny"
+    mine.mkdir(parents=True)
+    (mine / "thesis.tex").write_text("years of work")
+    assert cli.main(["run", "--config", config_path, "--fresh"]) == 1
+    assert "holds no kd-tf run" in capsys.readouterr().err
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    # A link to a folder elsewhere is not deleted either, even if it holds a run.
+    shutil.rmtree(mine)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "config.yaml").write_text(yaml.safe_dump({"run_name": "tiny", "data": {}, "teacher": {}}))
+    mine.symlink_to(elsewhere)
+    assert cli.main(["run", "--config", config_path, "--fresh"]) == 1
+    assert "not a folder directly inside output_dir" in capsys.readouterr().err
+    assert (elsewhere / "config.yaml").exists()
+
+
+def test_a_second_process_is_refused_and_a_dead_ones_lock_is_taken_over(finished_run, capsys):
+    config_path, run_dir = finished_run
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\n"
+            "from kd_tf.config import load_config\n"
+            "from kd_tf.pipeline import RunFolder\n"
+            f"with RunFolder(load_config({config_path!r})).lock():\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(300)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert cli.main(["run", "--config", config_path]) == 1
+        err = capsys.readouterr().err
+        assert f"in use by another kd-tf process (process {holder.pid}" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli.main(["run", "--config", config_path]) == 0
+    out = capsys.readouterr().out
+    assert f"taking over the lock of {run_dir}: process {holder.pid}" in out
+    assert "[report] done before" in out
+
+
+def _stop_when(args, ready, sig):
+    """Runs `kd-tf ARGS` in a process and sends it `sig` as soon as `ready()` holds."""
+    proc = subprocess.Popen([sys.executable, "-m", "kd_tf.cli", *args], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while not ready():
+            assert proc.poll() is None, (
+                f"kd-tf {args[0]} ended (code {proc.returncode}) before it was stopped"
+            )
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        return proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_killed_reruns_keep_the_last_good_outputs_and_records(finished_run, capsys):
+    """`distill --force` killed while training, then `evaluate --force` killed while it replaced its
+    outputs: the finished records and their outputs are still the finished run's, so nothing runs on
+    the output of a step that did not finish."""
+    config_path, run_dir = finished_run
+    files = [
+        "steps/distill.json",
+        "steps/evaluate.json",
+        "student/model.keras",
+        "evaluation.json",
+        "predictions/student.npz",
+        "predictions/teacher.npz",
+    ]
+    before = {f: digest(os.path.join(run_dir, f)) for f in files}
+    steps = os.path.join(run_dir, "steps")
+    ready = lambda: os.path.exists(os.path.join(steps, "distill.running"))  # noqa: E731
+    assert _stop_when(["distill", "--config", config_path, "--force"], ready, signal.SIGKILL) == -9
+    aside = os.path.join(run_dir, ".aside", "evaluate", "predictions")
+    set_aside = lambda: os.path.exists(aside)  # noqa: E731
+    assert _stop_when(["evaluate", "--config", config_path, "--force"], set_aside, signal.SIGKILL) == -9
+    assert os.path.exists(os.path.join(steps, "evaluate.running"))
+    assert cli.main(["evaluate", "--config", config_path]) == 0
+    out = capsys.readouterr().out
+    assert "[evaluate] a process (pid" in out and "previous ones restored" in out
+    assert "[evaluate] done before" in out
+    assert {f: digest(os.path.join(run_dir, f)) for f in files} == before
+    assert not os.path.exists(os.path.join(run_dir, ".aside"))
+    assert not [n for n in os.listdir(steps) if n.endswith(".running")]

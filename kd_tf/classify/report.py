@@ -28,7 +28,10 @@ steps            {step: seconds}
 export           the export report of the student, or null
 plots            {name: file name}
 ```
-Keys whose value could not be measured are null.
+Keys whose value could not be measured are null. `report.json` is strict JSON: a non-finite number is
+never written (it becomes null). A model whose saved test logits are not all finite gets
+`status: "non-finite logits: ..."` and null quality figures, so no target counts as met on them; a
+model whose training diverged and kept an earlier epoch carries its training `status`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import os
 import numpy as np
 
 from kd_tf.classify import evaluate
+from kd_tf.json_files import strict_json, write_json
 
 SCHEMA_VERSION = 1
 ROLE_TITLES = {"teacher": "teacher", "student": "distilled student", "baseline": "label-only student"}
@@ -102,11 +106,21 @@ def build_report(run_dir):
     }
     teacher_logits = predictions.get("teacher", {}).get("logits")
 
+    if teacher_logits is not None and not np.isfinite(teacher_logits).all():
+        teacher_logits = None
     models = {}
     for role, measured in evaluation.items():
         entry = {"role": ROLE_TITLES.get(role, role), **measured}
         preds = predictions.get(role)
-        if preds is not None:
+        if preds is not None and not np.isfinite(preds["logits"]).all():
+            bad = int(np.sum(~np.isfinite(preds["logits"]).all(axis=-1)))
+            entry["status"] = (
+                f"non-finite logits: {bad} of {len(preds['logits'])} test examples; its training "
+                f"diverged, so no quality figure is reported"
+            )
+            entry.update({k: None for k in ("accuracy", "precision", "recall", "f1")})
+            entry["agreement_with_teacher"] = None
+        elif preds is not None:
             entry.update(evaluate.classification_metrics(preds["labels"], preds["logits"], label_names))
             entry["agreement_with_teacher"] = (
                 evaluate.agreement(preds["logits"], teacher_logits) if teacher_logits is not None else None
@@ -114,6 +128,8 @@ def build_report(run_dir):
         history = _read_json(path(role, "history.json"), {})
         entry["history"] = history.get("history", {})
         entry["training_seconds"] = history.get("seconds")
+        if history.get("status") not in (None, "completed"):
+            entry.setdefault("status", f"training {history['status']}")
         entry["best_val_accuracy"] = steps.get(role if role != "student" else "distill", {}).get(
             "best_val_accuracy"
         )
@@ -139,7 +155,7 @@ def build_report(run_dir):
         "plots": {},
     }
     report["targets"] = _targets(report)
-    return report
+    return strict_json(report)
 
 
 def _ratio(a, b):
@@ -176,7 +192,7 @@ def _targets(report):
             "value": value,
             "threshold": threshold,
             "met": None
-            if value is None
+            if value is None or not np.isfinite(value)
             else bool(value > threshold if threshold == 0.0 else value >= threshold),
         }
         for name, value, threshold in targets
@@ -187,7 +203,7 @@ def _targets(report):
 # Rendering.
 # ----------------------------------------------------------------------------
 def _fmt(value, kind="float"):
-    if value is None:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "–"
     if kind == "int":
         return f"{int(value):,}"
@@ -234,6 +250,9 @@ def print_summary(report):
         )
         if i == 0:
             print("  ".join("-" * w for w in widths))
+    for entry in report["models"].values():
+        if entry.get("status"):
+            print(f"{entry['role']}: {entry['status']}")
     for target in report["targets"]:
         status = {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
         print(f"target: {target_text(target)}: {_fmt(target['value'])} ({status})")
@@ -260,6 +279,9 @@ def render_markdown(report):
         "|" + "|".join("---" for _ in rows[0]) + "|",
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    statuses = [(e["role"], e["status"]) for e in report["models"].values() if e.get("status")]
+    if statuses:
+        lines += [""] + [f"- **{role}**: {status}" for role, status in statuses]
     c = report["comparison"]
     lines += ["", "## Targets", ""]
     for t in report["targets"]:
@@ -313,12 +335,10 @@ def plot_report(report, run_dir):
         label = entry["role"]
         # The hard-label part of a distiller's loss is comparable with the others' loss.
         key = "student_loss" if "student_loss" in history else "loss"
-        if key in history:
-            axes[0].plot(range(1, len(history[key]) + 1), history[key], "o-", label=label)
-        if "val_accuracy" in history:
-            axes[1].plot(
-                range(1, len(history["val_accuracy"]) + 1), history["val_accuracy"], "o-", label=label
-            )
+        for ax, name in ((axes[0], key), (axes[1], "val_accuracy")):
+            if name in history:  # null (a diverged epoch) is a gap in the curve
+                values = [np.nan if v is None else v for v in history[name]]
+                ax.plot(range(1, len(values) + 1), values, "o-", label=label)
     axes[0].set(title="training cross-entropy on the labels", xlabel="epoch")
     axes[1].set(title="validation accuracy", xlabel="epoch")
     for ax in axes:
@@ -356,9 +376,7 @@ def plot_report(report, run_dir):
 def write_report(report, run_dir):
     """Writes the plots, `report.json` and `report.md` into `run_dir`; returns their paths."""
     report["plots"] = plot_report(report, run_dir)
-    json_path = os.path.join(run_dir, "report.json")
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=1, default=lambda v: v.item() if isinstance(v, np.generic) else str(v))
+    json_path = write_json(os.path.join(run_dir, "report.json"), report)
     md_path = os.path.join(run_dir, "report.md")
     with open(md_path, "w") as f:
         f.write(render_markdown(report))

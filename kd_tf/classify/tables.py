@@ -25,6 +25,9 @@ def _table_format(path, format):
 
 def _delimited_rows(path, text, format, header, columns, counts):
     """Yields (line number, {role: value}) from a CSV or TSV text."""
+    # Python's csv refuses fields over 128 KiB by default (a long review is not a quoting error):
+    # no field can be longer than the file, so that is the limit.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     if format == "csv":
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         fix = (

