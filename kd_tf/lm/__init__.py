@@ -9,11 +9,26 @@
   tokenizer check that distillation needs.
 - `keras_hub_fixes`: the fixes that make tied Llama students and their
   tokenizers survive `.keras` save/load (installed on import).
+- `corpus`: `TextCorpus` (documents, or prompt/response pairs) from text
+  files, JSON Lines and the IMDB reviews, and its held-out split.
+- `windows`: a corpus into fixed token windows for `fit` through `tf.data`
+  (`lm_windows`, `make_lm_dataset`): the element format the distiller reads.
+- `evaluate`: sliding-window perplexity, next-token agreement, generation
+  speed with the KV cache, model size, side-by-side generations.
 
 Importing this package imports KerasHub (and so TensorFlow/Keras).
 """
 
 import kd_tf
+from kd_tf.lm.corpus import TextCorpus, load_imdb_corpus, load_jsonl_corpus, load_text_corpus
+from kd_tf.lm.evaluate import (
+    generation_speed,
+    model_size,
+    next_token_agreement,
+    perplexity,
+    side_by_side,
+    token_metrics,
+)
 from kd_tf.lm.gguf_convert import convert_gguf, read_gguf_config, unpermute_rows
 from kd_tf.lm.models import (
     build_student,
@@ -23,16 +38,32 @@ from kd_tf.lm.models import (
     tokenizer_vocabulary,
 )
 from kd_tf.lm.smollm2 import smollm2_gguf_path, smollm2_preset_dir
+from kd_tf.lm.windows import cut_windows, lm_windows, make_lm_dataset, separator_id, tokenize
 
 __all__ = [
+    "TextCorpus",
     "build_student",
     "check_tokenizers_match",
     "convert_gguf",
     "cut_student",
+    "cut_windows",
+    "generation_speed",
+    "lm_windows",
     "load_causal_lm",
+    "load_imdb_corpus",
+    "load_jsonl_corpus",
+    "load_text_corpus",
+    "make_lm_dataset",
+    "model_size",
+    "next_token_agreement",
+    "perplexity",
     "read_gguf_config",
+    "separator_id",
+    "side_by_side",
     "smollm2_gguf_path",
     "smollm2_preset_dir",
+    "token_metrics",
+    "tokenize",
     "tokenizer_vocabulary",
     "unpermute_rows",
 ]
