@@ -86,3 +86,19 @@ def tiny_encoder(models_dir):
 def tiny_encoder_config():
     """The sizes `tiny_encoder` was written with."""
     return dict(TINY_ENCODER)
+
+
+@pytest.fixture(scope="session")
+def mlp_data():
+    """192 examples of `tests.distill_helpers.make_data` (8 real features, 3 classes): `(x, y)`."""
+    from tests.distill_helpers import make_data
+
+    return make_data(192, seed=0)
+
+
+@pytest.fixture(scope="session")
+def mlp_teacher(mlp_data):
+    """A functional MLP teacher (hidden 64) trained 30 epochs on `mlp_data`; frozen by every Distiller."""
+    from tests.distill_helpers import trained_teacher
+
+    return trained_teacher(*mlp_data)

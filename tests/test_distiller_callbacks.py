@@ -8,17 +8,19 @@ import pytest
 import tensorflow as tf
 
 from kd_tf.distill import Constant, DistillationSchedule, Distiller, Linear, StopAtTarget, StudentCheckpoint
-from tests.distill_helpers import assert_weights_close, make_data, mlp, trained_teacher, weights_of
+from tests.distill_helpers import assert_weights_close, mlp, weights_of
 
 
 @pytest.fixture(scope="module")
-def data():
-    return make_data(128, seed=0)
+def data(mlp_data):
+    """The first 128 examples of the shared `mlp_data` (8 batches of 16)."""
+    x, y = mlp_data
+    return x[:128], y[:128]
 
 
 @pytest.fixture(scope="module")
-def teacher(data):
-    return trained_teacher(*data, epochs=10)
+def teacher(mlp_teacher):
+    return mlp_teacher
 
 
 def _distiller(teacher, seed=3, **compile_kwargs):

@@ -213,3 +213,21 @@ def test_get_and_config_round_trip():
     with pytest.raises(ValueError, match="temperature must be positive"):
         L.KLDistillation(temperature=0.0)
     assert math.isclose(ARTICLE_CE, 0.9 * -math.log(0.8) + 0.1 * -math.log(0.2), abs_tol=1e-6)
+
+
+def test_one_teacher_weight_means_one_teacher_and_multi_can_be_explicit():
+    # A single teacher with teacher_weights=[1.0] is that teacher (it used to be read as [B, K, C]).
+    t, s = [[2.0, 0.0]], [[0.0, 0.0]]
+    assert _np(L.kl_distillation(t, s, temperature=2.0, teacher_weights=[1.0])) == pytest.approx(
+        [0.4437763], abs=1e-6
+    )
+    # Rank 3 with B == K == T == 2: `multi` says which it is. Two teachers [2, 0] and [0, 0] at T=1
+    # average to p = [(0.8807971 + 0.5) / 2, ...] = [0.6903985, 0.3096015]; KL to uniform is
+    # ln 2 - H(p) = 0.6931472 - 0.6187814 = 0.0743658.
+    stacked = np.array([[[2.0, 0.0], [0.0, 0.0]], [[2.0, 0.0], [0.0, 0.0]]], "float32")
+    uniform = np.zeros((2, 2), "float32")
+    assert _np(L.kl_distillation(stacked, uniform, multi=True)) == pytest.approx([0.0743658] * 2, abs=1e-6)
+    # The same tensor as one teacher's per-token logits against per-token student logits: the mean over
+    # tokens of KL([0.8807971, 0.1192029] || uniform) = 0.6931472 - 0.3653339 = 0.3278133 and 0.
+    per_token = _np(L.kl_distillation(stacked, np.zeros((2, 2, 2), "float32"), multi=False))
+    assert per_token == pytest.approx([0.3278133 / 2] * 2, abs=1e-6)

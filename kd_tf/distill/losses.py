@@ -59,6 +59,12 @@ def _stack_teachers(teacher):
     return teacher, False
 
 
+def _infer_multi(stacked, teacher_weights):
+    """Whether teacher logits hold several teachers when the caller did not say: a list of tensors, or
+    more than one teacher weight (a single weight, `[1.0]`, means one teacher)."""
+    return stacked or (teacher_weights is not None and len(teacher_weights) > 1)
+
+
 def _normalized_weights(teacher_weights, num_teachers):
     if teacher_weights is None:
         teacher_weights = [1.0] * num_teachers
@@ -100,12 +106,14 @@ def teacher_log_probs(teacher, temperature=1.0, teacher_weights=None, from_logit
     Args:
         teacher: Teacher logits `[B, C]`, or several teachers as a list of `[B, C]` tensors (or arrays;
             a nested Python list of numbers is one teacher) or a
-            `[B, K, C]` tensor (then pass `multi=True` or `teacher_weights`).
+            `[B, K, C]` tensor (then pass `multi=True`, or two or more `teacher_weights`).
         temperature: Softmax temperature.
         teacher_weights: One non-negative weight per teacher (normalized to sum 1); default equal.
         from_logits: Whether `teacher` holds logits (True) or probabilities (False).
         multi: Whether a rank-3 `teacher` tensor is `[B, K, C]` (several teachers) rather than
-            `[B, T, C]` (one teacher, per-token logits). Defaults to `teacher_weights is not None`.
+            `[B, T, C]` (one teacher, per-token logits). Defaults to True for a list of tensors or more
+            than one teacher weight. `kd_tf.Distiller` always passes it, from the ranks of the teacher's
+            and the student's logits.
 
     Returns:
         Float32 log-probabilities `[B, C]` (or `[B, T, C]`).
@@ -117,7 +125,7 @@ def teacher_log_probs(teacher, temperature=1.0, teacher_weights=None, from_logit
     """
     teacher, stacked = _stack_teachers(teacher)
     if multi is None:
-        multi = stacked or teacher_weights is not None
+        multi = _infer_multi(stacked, teacher_weights)
     logits = _as_log_probs_input(teacher, from_logits)
     log_p = softened_log_probs(logits, temperature)
     if not multi:
@@ -146,7 +154,7 @@ def teacher_mean_logits(teacher, teacher_weights=None, from_logits=True, multi=N
     """
     teacher, stacked = _stack_teachers(teacher)
     if multi is None:
-        multi = stacked or teacher_weights is not None
+        multi = _infer_multi(stacked, teacher_weights)
     logits = _as_log_probs_input(teacher, from_logits)
     if not multi:
         return logits
@@ -176,7 +184,9 @@ def reduce_tokens(values, mask=None):
     return ops.sum(values * mask, axis=-1) / ops.maximum(ops.sum(mask, axis=-1), 1.0)
 
 
-def kl_distillation(teacher, student, temperature=1.0, teacher_weights=None, from_logits=True, mask=None):
+def kl_distillation(
+    teacher, student, temperature=1.0, teacher_weights=None, from_logits=True, mask=None, multi=None
+):
     """Hinton's distillation loss: `KL(p_teacher^T || p_student^T) * T^2`, one value per example.
 
     Args:
@@ -187,6 +197,7 @@ def kl_distillation(teacher, student, temperature=1.0, teacher_weights=None, fro
         teacher_weights: One weight per teacher when there are several.
         from_logits: False if both inputs are probabilities.
         mask: Optional `[B, T]` padding mask for per-token logits.
+        multi: Whether `teacher` stacks several teachers (see `teacher_log_probs`).
 
     Returns:
         Float32 tensor `[B]`.
@@ -196,14 +207,14 @@ def kl_distillation(teacher, student, temperature=1.0, teacher_weights=None, fro
     kl_distillation([[0.9, 0.1]], [[0.8, 0.2]], from_logits=False)  # article 4.3: 0.036690
     ```
     """
-    log_p_t = teacher_log_probs(teacher, temperature, teacher_weights, from_logits)
+    log_p_t = teacher_log_probs(teacher, temperature, teacher_weights, from_logits, multi)
     log_p_s = softened_log_probs(_as_log_probs_input(student, from_logits), temperature)
     values = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
     return reduce_tokens(values, mask) * ops.cast(temperature, "float32") ** 2
 
 
 def cross_entropy_distillation(
-    teacher, student, temperature=1.0, teacher_weights=None, from_logits=True, mask=None
+    teacher, student, temperature=1.0, teacher_weights=None, from_logits=True, mask=None, multi=None
 ):
     """Soft-target cross-entropy `-sum_j p_teacher(j) log p_student(j) * T^2` (article, section 4.1).
 
@@ -218,13 +229,15 @@ def cross_entropy_distillation(
     cross_entropy_distillation([[0.9, 0.1]], [[0.8, 0.2]], from_logits=False)  # article 4.3: 0.361773
     ```
     """
-    log_p_t = teacher_log_probs(teacher, temperature, teacher_weights, from_logits)
+    log_p_t = teacher_log_probs(teacher, temperature, teacher_weights, from_logits, multi)
     log_p_s = softened_log_probs(_as_log_probs_input(student, from_logits), temperature)
     values = -ops.sum(ops.exp(log_p_t) * log_p_s, axis=-1)
     return reduce_tokens(values, mask) * ops.cast(temperature, "float32") ** 2
 
 
-def mse_distillation(teacher, student, temperature=1.0, teacher_weights=None, from_logits=True, mask=None):
+def mse_distillation(
+    teacher, student, temperature=1.0, teacher_weights=None, from_logits=True, mask=None, multi=None
+):
     """Mean squared error between teacher and student logits (article, section 3.2), per example.
 
     The temperature is accepted for a uniform signature and ignored: MSE on logits is the T -> infinity
@@ -239,7 +252,7 @@ def mse_distillation(teacher, student, temperature=1.0, teacher_weights=None, fr
     ```
     """
     del temperature
-    t = teacher_mean_logits(teacher, teacher_weights, from_logits)
+    t = teacher_mean_logits(teacher, teacher_weights, from_logits, multi)
     s = _as_log_probs_input(student, from_logits)
     return reduce_tokens(ops.mean(ops.square(t - s), axis=-1), mask)
 
@@ -321,7 +334,7 @@ class LogitsLoss(keras.losses.Loss):
         self.from_logits = from_logits
         self.teacher_weights = None if teacher_weights is None else list(teacher_weights)
 
-    def per_example(self, teacher, student, temperature=None, teacher_weights=None, mask=None):
+    def per_example(self, teacher, student, temperature=None, teacher_weights=None, mask=None, multi=None):
         """Per-example loss values `[B]`.
 
         Args:
@@ -330,6 +343,7 @@ class LogitsLoss(keras.losses.Loss):
             temperature: Overrides the loss's own temperature (a float or a scalar variable).
             teacher_weights: Overrides the loss's own teacher weights.
             mask: Optional padding mask for per-token logits.
+            multi: Whether `teacher` stacks several teachers (see `teacher_log_probs`).
 
         Returns:
             Float32 tensor `[B]`.
@@ -345,6 +359,7 @@ class LogitsLoss(keras.losses.Loss):
             teacher_weights=teacher_weights,
             from_logits=self.from_logits,
             mask=mask,
+            multi=multi,
         )
 
     def call(self, y_true, y_pred):
