@@ -18,25 +18,9 @@ import numpy as np
 import tensorflow as tf
 
 from kd_tf.distill.targets import UNLABELED
+from kd_tf.text_files import DataError
 
 EXAMPLE_ID_KEY = "example_id"
-
-
-class DataError(ValueError):
-    """Input data that kd-tf refuses to use.
-
-    The message names where the problem is (file and line, archive member or
-    dataset example) and how to fix it.
-
-    Example:
-    ```python
-    try:
-        load_table("missing.csv", "text", "label")
-    except DataError as e:
-        print(e)
-    # missing.csv: no such file. ...
-    ```
-    """
 
 
 _BREAK_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)

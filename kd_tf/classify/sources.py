@@ -15,9 +15,9 @@ import re
 import tarfile
 import zlib
 
-from kd_tf.classify.dataset import DataError
 from kd_tf.classify.tables import load_table
-from kd_tf.classify.validation import ExampleCollector, decode_utf8
+from kd_tf.classify.validation import ExampleCollector
+from kd_tf.text_files import DataError, decode_utf8
 
 IMDB_LABEL_NAMES = ("neg", "pos")
 

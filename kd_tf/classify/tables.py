@@ -2,11 +2,10 @@
 
 import csv
 import io
-import json
 import os
 
-from kd_tf.classify.dataset import DataError
-from kd_tf.classify.validation import ExampleCollector, decode_utf8
+from kd_tf.classify.validation import ExampleCollector
+from kd_tf.text_files import DataError, decode_utf8, jsonl_rows
 
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -88,37 +87,6 @@ def _column_index(path, line, spec, names, width, role):
             f"line is data."
         )
     return names.index(spec)
-
-
-def _jsonl_rows(path, text, columns, counts):
-    """Yields (line number, {role: value}) from a JSON Lines text."""
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    for line, content in enumerate(lines, 1):
-        if not content.strip():
-            counts["blank_lines"] += 1
-            continue
-        try:
-            record = json.loads(content)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f"{path}, line {line}: not valid JSON ({e.msg}, column {e.colno}). "
-                f"Each line of a JSON Lines file holds one JSON object."
-            ) from None
-        if not isinstance(record, dict):
-            raise DataError(
-                f"{path}, line {line}: a JSON {type(record).__name__}, not an "
-                f"object. Write one object per line, like "
-                f'{{"text": "...", "label": 1}}.'
-            )
-        for role, key in columns.items():
-            if key not in record:
-                raise DataError(
-                    f"{path}, line {line}: no key {key!r} for the {role}; this line "
-                    f"has {sorted(record)}. Add it, or pass the right {role}."
-                )
-        yield line, {role: record[key] for role, key in columns.items()}
 
 
 def load_table(
@@ -217,7 +185,7 @@ def load_table(
     columns.update({role: column for role, column in zip(wanted, where or {})})
     counts = {"blank_lines": 0, "filtered_out": 0}
     if format == "jsonl":
-        rows = _jsonl_rows(path, text, columns, counts)
+        rows = jsonl_rows(path, text, columns, counts)
     else:
         rows = _delimited_rows(path, text, format, header, columns, counts)
     parent = os.path.basename(os.path.dirname(os.path.abspath(path)))

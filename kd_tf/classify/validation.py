@@ -9,7 +9,8 @@ import re
 
 import numpy as np
 
-from kd_tf.classify.dataset import DataError, TextDataset, clean_text
+from kd_tf.classify.dataset import TextDataset, clean_text
+from kd_tf.text_files import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -173,18 +174,3 @@ class ExampleCollector:
                 **report,
             },
         )
-
-
-def decode_utf8(data, where, fix):
-    """Decodes UTF-8 bytes (a leading BOM is dropped), naming the bad line."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(
-            f"{where}, line {line}: the byte {data[e.start : e.end].hex(' ')} at "
-            f"byte {column} of the line is not valid UTF-8. {fix}"
-        ) from None

