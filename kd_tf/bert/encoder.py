@@ -22,6 +22,9 @@ import tensorflow as tf
 INPUT_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 """The TF Hub BERT input dict: int32 `[batch, seq]` word ids, padding mask, segment ids."""
 
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+"""The special WordPiece tokens every BERT vocabulary kd-tf writes or exports must hold."""
+
 DEFAULT_SEQ_LENGTH = 128
 """Tokens per example when nothing else says (the plain call of bert_en_uncased_preprocess/3)."""
 
@@ -110,6 +113,26 @@ def _dropout(x, rate, training):
     return x
 
 
+def padding_bias(mask):
+    """The additive attention bias of a padding mask.
+
+    0 for real tokens, -10000 for padding: added to the attention scores, it
+    keeps every token from attending to padding.
+
+    Args:
+        mask: float `[B, T]`, 1 for tokens and 0 for padding.
+
+    Returns:
+        `[B, 1, 1, T]` in the mask's dtype.
+
+    Example:
+    ```python
+    padding_bias(tf.constant([[1.0, 0.0]]))[0, 0, 0].numpy().tolist()  # [0.0, -10000.0]
+    ```
+    """
+    return (1.0 - mask[:, tf.newaxis, tf.newaxis, :]) * -10000.0
+
+
 def _initializer(config: BertConfig):
     return keras.initializers.TruncatedNormal(stddev=config.initializer_range)
 
@@ -190,10 +213,29 @@ class TransformerBlock(keras.layers.Layer):
         x = tf.reshape(x, [batch, seq, self.config.num_heads, self.config.head_size])
         return tf.transpose(x, [0, 2, 1, 3])
 
-    def call(self, x, attention_bias, training=False):
-        q = self._split_heads(self.query(x))
-        k = self._split_heads(self.key(x))
-        v = self._split_heads(self.value(x))
+    def internals(self, x, attention_bias, training=False):
+        """The block's intermediate tensors (what `kd_tf.bert.narrow` measures).
+
+        Args:
+            x: the block input `[B, T, H]`.
+            attention_bias: `padding_bias` of the input mask.
+            training: whether dropout is on.
+
+        Returns:
+            A dict of tensors: `query`, `key`, `value` `[B, T, H]` (heads side
+            by side), `context` `[B, T, H]` (the attended values of every
+            head, before the output projection), `attention` `[B, T, H]`
+            (after the first LayerNorm), `intermediate` `[B, T, I]` (after
+            GELU) and `output` `[B, T, H]` (what `call` returns).
+
+        Example:
+        ```python
+        parts = encoder.blocks[0].internals(x, padding_bias(mask))
+        parts["intermediate"].shape  # TensorShape([B, T, 1536])
+        ```
+        """
+        query, key, value = self.query(x), self.key(x), self.value(x)
+        q, k, v = self._split_heads(query), self._split_heads(key), self._split_heads(value)
         scores = tf.matmul(q, k, transpose_b=True)
         scores = scores / math.sqrt(self.config.head_size) + attention_bias
         probs = tf.nn.softmax(scores, axis=-1)
@@ -201,10 +243,22 @@ class TransformerBlock(keras.layers.Layer):
         context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])
         context = tf.reshape(context, tf.shape(x))
         attended = _dropout(self.attention_output(context), self.config.dropout_rate, training)
-        x = self.attention_layer_norm(x + attended)
-        ffn = self.output_dense(self.intermediate(x))
-        ffn = _dropout(ffn, self.config.dropout_rate, training)
-        return self.output_layer_norm(x + ffn)
+        attention = self.attention_layer_norm(x + attended)
+        intermediate = self.intermediate(attention)
+        ffn = _dropout(self.output_dense(intermediate), self.config.dropout_rate, training)
+        output = self.output_layer_norm(attention + ffn)
+        return {
+            "query": query,
+            "key": key,
+            "value": value,
+            "context": context,
+            "attention": attention,
+            "intermediate": intermediate,
+            "output": output,
+        }
+
+    def call(self, x, attention_bias, training=False):
+        return self.internals(x, attention_bias, training=training)["output"]
 
 
 class BertEncoder(keras.Model):
@@ -247,8 +301,7 @@ class BertEncoder(keras.Model):
         word_ids = tf.cast(inputs["input_word_ids"], tf.int32)
         mask = tf.cast(inputs["input_mask"], self.compute_dtype)
         type_ids = tf.cast(inputs["input_type_ids"], tf.int32)
-        # [B, 1, 1, T]: 0 for real tokens, a large negative for padding.
-        attention_bias = (1.0 - mask[:, tf.newaxis, tf.newaxis, :]) * -10000.0
+        attention_bias = padding_bias(mask)
         x = self.embeddings(word_ids, type_ids, training=training)
         encoder_outputs = []
         for block in self.blocks:

@@ -20,6 +20,10 @@ Writers:
         model.safetensors, vocab.txt), encoder and preprocessor side by side.
     `write_student_from_teacher`: a student that copies a teacher's
         embeddings, chosen transformer layers and pooler.
+    `write_pruned_encoder`: an encoder with a smaller vocabulary, its word
+        embeddings the kept rows of another's (see `kd_tf.bert.vocabulary`).
+    `kd_tf.bert.narrow.write_narrow_student`: a narrower, shallower student
+        sliced from a teacher.
     `write_bert_preprocessor`: the bert_en_uncased_preprocess/3 interface.
 
 Each encoder folder also holds `assets.extra/kd_tf_bert.json` (the
@@ -37,10 +41,12 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from kd_tf.bert.encoder import DEFAULT_SEQ_LENGTH, INPUT_KEYS, BertConfig, BertEncoder
+from kd_tf.bert.encoder import DEFAULT_SEQ_LENGTH, INPUT_KEYS, SPECIAL_TOKENS, BertConfig, BertEncoder
 
 METADATA_FILE = os.path.join("assets.extra", "kd_tf_bert.json")
 MAX_SEGMENTS = 3
+_OWN_METADATA = ("format", "config", "variables")
+"""The tokens every BERT WordPiece vocabulary needs: padding, unknown, start, separator, mask."""
 
 
 # ----------------------------------------------------------------------------
@@ -77,13 +83,17 @@ def _input_spec():
     return {k: tf.TensorSpec([None, None], tf.int32, name=k) for k in INPUT_KEYS}
 
 
-def save_bert_encoder(encoder: BertEncoder, path):
+def save_bert_encoder(encoder: BertEncoder, path, extra_metadata=None):
     """Saves a Keras `BertEncoder` as a TF-Hub-format (reusable) SavedModel.
 
     Args:
         encoder: a `kd_tf.bert.BertEncoder`, e.g. from `load_bert_encoder`
             with the weights of a fine-tuned `HubEncoder`.
         path: folder to create (must not exist or be empty).
+        extra_metadata: optional JSON-serialisable dict merged into the
+            folder's `kd_tf_bert.json` (e.g. the `"narrowed"` record of
+            `kd_tf.bert.narrow.write_narrow_student`); read it back with
+            `read_encoder_metadata`.
 
     Returns:
         `path`.
@@ -129,6 +139,7 @@ def save_bert_encoder(encoder: BertEncoder, path):
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:
             json.dump(
                 {
+                    **(extra_metadata or {}),
                     "format": "kd_tf.bert_encoder/1",
                     "config": encoder.config.to_dict(),
                     "variables": [v.path for v in encoder.variables],
@@ -212,8 +223,8 @@ def read_encoder_metadata(path):
         raise ValueError(
             f"{path} has no {METADATA_FILE}: it was not written by "
             f"kd_tf.bert.hub_format, so its architecture cannot be rebuilt. Use an "
-            f"encoder written by write_bert_encoder, convert_hf_bert or "
-            f"write_student_from_teacher."
+            f"encoder written by write_bert_encoder, convert_hf_bert, "
+            f"write_student_from_teacher, write_pruned_encoder or write_narrow_student."
         )
     with open(meta_path) as f:
         return json.load(f)
@@ -264,6 +275,38 @@ def assign_weights(targets, values, source):
         target.assign(value)
 
 
+def check_layer_indices(layers, num_layers, teacher_path):
+    """Checks the teacher blocks a student keeps.
+
+    Args:
+        layers: block indices, in the student's order.
+        num_layers: the teacher's number of blocks.
+        teacher_path: the teacher's folder, named in the error.
+
+    Returns:
+        `layers` as a list of int.
+
+    Raises:
+        ValueError: if `layers` is empty, out of range or repeats an index.
+
+    Example:
+    ```python
+    check_layer_indices([1, 4], 6, "/tmp/minilm")  # [1, 4]
+    ```
+    """
+    layers = list(layers)
+    if (
+        not layers
+        or any(not isinstance(i, (int, np.integer)) or not 0 <= i < num_layers for i in layers)
+        or len(set(layers)) != len(layers)
+    ):
+        raise ValueError(
+            f"layers={layers} must be distinct block indices in [0, {num_layers - 1}] "
+            f"of the teacher {teacher_path} ({num_layers} layers)."
+        )
+    return [int(i) for i in layers]
+
+
 def write_student_from_teacher(teacher_path, path, layers):
     """Writes a student that copies a teacher's embeddings, layers and pooler.
 
@@ -289,17 +332,7 @@ def write_student_from_teacher(teacher_path, path, layers):
     ```
     """
     teacher = load_bert_encoder(teacher_path)
-    n = teacher.config.num_layers
-    layers = list(layers)
-    if (
-        not layers
-        or any(not isinstance(i, (int, np.integer)) or not 0 <= i < n for i in layers)
-        or len(set(layers)) != len(layers)
-    ):
-        raise ValueError(
-            f"layers={layers} must be distinct block indices in [0, {n - 1}] "
-            f"of the teacher {teacher_path} ({n} layers)."
-        )
+    layers = check_layer_indices(layers, teacher.config.num_layers, teacher_path)
     config = BertConfig.from_dict({**teacher.config.to_dict(), "num_layers": len(layers)})
     student = BertEncoder(config)
     assign_weights(
@@ -313,6 +346,65 @@ def write_student_from_teacher(teacher_path, path, layers):
     return save_bert_encoder(student, path)
 
 
+def write_pruned_encoder(encoder_path, path, kept_ids):
+    """Writes an encoder with a smaller vocabulary: the kept rows of another's word embeddings.
+
+    New token id `i` gets row `kept_ids[i]` of the source's word-embedding
+    table, bit for bit; every other weight is copied unchanged. Paired with a
+    preprocessor on the kept tokens (`kd_tf.bert.vocabulary.write_pruned_bert`
+    writes both), a text made of kept tokens gives exactly the source's
+    outputs. The source's extra metadata (e.g. its `"narrowed"` record) is
+    kept.
+
+    Args:
+        encoder_path: an encoder folder written by `kd_tf.bert.hub_format`
+            (a teacher, a student from `write_student_from_teacher`, ...).
+        path: folder to create.
+        kept_ids: the source ids to keep, in their new order (e.g.
+            `PrunedVocabulary.kept_ids`); distinct integers in
+            `[0, vocab_size)`.
+
+    Returns:
+        `path`.
+
+    Raises:
+        ValueError: if `kept_ids` is empty, repeats an id or leaves the
+            source's vocabulary, naming the first bad id.
+        FileExistsError: if `path` holds files already.
+
+    Example:
+    ```python
+    write_pruned_encoder("/tmp/student", "/tmp/student_8k", pruned.kept_ids)  # '/tmp/student_8k'
+    ```
+    """
+    source = load_bert_encoder(encoder_path)
+    vocab_size = source.config.vocab_size
+    kept = np.asarray(kept_ids)
+    if kept.ndim != 1 or not len(kept) or not np.issubdtype(kept.dtype, np.integer):
+        raise ValueError(
+            f"kept_ids must be a non-empty list of token ids of {encoder_path}, got {kept_ids!r:.80}."
+        )
+    bad = kept[(kept < 0) | (kept >= vocab_size)]
+    if len(bad):
+        raise ValueError(
+            f"kept_ids holds {int(bad[0])}, outside the vocabulary of {encoder_path} "
+            f"(ids 0 to {vocab_size - 1}); prune the vocabulary the encoder was trained on."
+        )
+    values, first = np.unique(kept, return_index=True)
+    if len(values) != len(kept):
+        repeated = kept[np.setdiff1d(np.arange(len(kept)), first)[0]]
+        raise ValueError(f"kept_ids repeats the id {int(repeated)}; give each kept token once.")
+    pruned = BertEncoder(BertConfig.from_dict({**source.config.to_dict(), "vocab_size": len(kept)}))
+    word_embeddings = source.embeddings.word_embeddings.path
+    assign_weights(
+        pruned.variables,
+        [v.numpy()[kept] if v.path == word_embeddings else v.numpy() for v in source.variables],
+        str(encoder_path),
+    )
+    extra = {k: v for k, v in read_encoder_metadata(encoder_path).items() if k not in _OWN_METADATA}
+    return save_bert_encoder(pruned, path, extra_metadata=extra)
+
+
 # ----------------------------------------------------------------------------
 # Preprocessors.
 # ----------------------------------------------------------------------------
@@ -320,7 +412,7 @@ def _read_special_ids(vocab_file):
     with open(vocab_file, encoding="utf-8") as f:
         vocab = [line.rstrip("\n") for line in f]
     index = {token: i for i, token in enumerate(vocab)}
-    missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t not in index]
+    missing = [t for t in SPECIAL_TOKENS if t not in index]
     if missing:
         raise ValueError(
             f"{vocab_file} lacks the BERT special tokens {missing}; use a BERT WordPiece vocabulary."

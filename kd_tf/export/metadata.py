@@ -43,11 +43,12 @@ import unicodedata
 
 import numpy as np
 
+from kd_tf.bert.encoder import SPECIAL_TOKENS
+
 INSTALL_HINT = "install it with `pip install 'mediapipe==1.2.3'` (or `pip install -e '.[mobile]'`)"
 
 _NATIVE_PACKAGE = "mediapipe.tasks.cc.metadata.python"
 _NATIVE_MODULE = _NATIVE_PACKAGE + "._pywrap_metadata_version"
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 # ----------------------------------------------------------------------------
