@@ -30,11 +30,64 @@ class ExportError(RuntimeError):
         self.report = report
 
 
+class ReportFiles:
+    """What every export report shares: checks that record failures, and its two files.
+
+    A dataclass that inherits this is saved as `export_report.json` and
+    `export_report.md` in its folder, and loaded back from either path; it
+    must have a `failures` list and a `to_markdown()` method.
+    """
+
+    @property
+    def passed(self):
+        """True when every check passed."""
+        return not self.failures
+
+    def check(self, ok, message):
+        """Records `message` as a failure unless `ok`."""
+        if not ok:
+            self.failures.append(message)
+
+    def to_dict(self):
+        """The report as JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def load(cls, path):
+        """Reads a report written by `save` (a JSON file or its folder).
+
+        Example:
+        ```python
+        ExportReport.load("export").label_names  # ['negative', 'positive']
+        ```
+        """
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, REPORT_JSON)
+        with open(path) as f:
+            values = json.load(f)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def save(self, folder):
+        """Writes `export_report.json` and `export_report.md` into `folder`.
+
+        Returns:
+            The paths, as a dict with `json` and `markdown`.
+        """
+        paths = {"json": os.path.join(folder, REPORT_JSON), "markdown": os.path.join(folder, REPORT_MARKDOWN)}
+        with open(paths["json"], "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+        with open(paths["markdown"], "w") as f:
+            f.write(self.to_markdown())
+        return paths
+
+
 # ----------------------------------------------------------------------------
 # The report.
 # ----------------------------------------------------------------------------
 @dataclasses.dataclass
-class ExportReport:
+class ExportReport(ReportFiles):
     """What an export wrote and how each file compares with the Keras student.
 
     Attributes:
@@ -87,50 +140,6 @@ class ExportReport:
     failures: list = dataclasses.field(default_factory=list)
     environment: dict = dataclasses.field(default_factory=dict)
     created: str = ""
-
-    @property
-    def passed(self):
-        """True when every check passed."""
-        return not self.failures
-
-    def check(self, ok, message):
-        """Records `message` as a failure unless `ok`."""
-        if not ok:
-            self.failures.append(message)
-
-    def to_dict(self):
-        """The report as JSON-ready dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def load(cls, path):
-        """Reads a report written by `save` (a JSON file or its folder).
-
-        Example:
-        ```python
-        ExportReport.load("export").label_names  # ['negative', 'positive']
-        ```
-        """
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, REPORT_JSON)
-        with open(path) as f:
-            values = json.load(f)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-    def save(self, folder):
-        """Writes `export_report.json` and `export_report.md` into `folder`.
-
-        Returns:
-            The paths, as a dict with `json` and `markdown`.
-        """
-        paths = {"json": os.path.join(folder, REPORT_JSON), "markdown": os.path.join(folder, REPORT_MARKDOWN)}
-        with open(paths["json"], "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        with open(paths["markdown"], "w") as f:
-            f.write(self.to_markdown())
-        return paths
 
     def to_markdown(self):
         """The report as a Markdown page (tables of sizes, agreement, latency)."""
