@@ -97,7 +97,10 @@ def _pipeline(args, steps, default_config=None):
     from kd_tf import pipeline
 
     path = args.config or (default_config and _repo_config(default_config))
-    config = config_lib.load_config(path, args.set or [])
+    overrides = list(args.set or [])
+    if getattr(args, "seeds", None) is not None:
+        overrides.append(f"distill.seeds={args.seeds}")
+    config = config_lib.load_config(path, overrides)
     runner = pipeline.Pipeline(config, verbose=1 if sys.stdout.isatty() else 2)
     start = time.perf_counter()
     # --force reruns the command's own steps; missing prerequisites run anyway.
@@ -109,6 +112,79 @@ def _pipeline(args, steps, default_config=None):
         + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in records.items())
         + f"; total {time.perf_counter() - start:.0f} s"
     )
+
+
+def _label_map(items):
+    """`--label-map FROM=TO` options as a dict."""
+    mapping = {}
+    for item in items or []:
+        source, sep, target = item.partition("=")
+        if not sep or not source.strip() or not target.strip():
+            raise ValueError(
+                f"--label-map {item!r}: write FILE_LABEL=RUN_LABEL, e.g. --label-map positive=pos."
+            )
+        mapping[source.strip()] = target.strip()
+    return mapping
+
+
+def _evaluate(args):
+    """`kd-tf evaluate`: the run's own test split (--config), or another labelled file (--test-file)."""
+    if args.test_file is None:
+        if args.run_dir is not None:
+            raise ValueError(
+                f"kd-tf evaluate {args.run_dir} needs --test-file FILE (another labelled file to score the "
+                f"run's models on); to evaluate the run's own test split, give --config C.yaml."
+            )
+        if args.config is None:
+            raise ValueError("give --config C.yaml (the run's own test split), or RUN_DIR --test-file FILE.")
+        return _pipeline(args, ("evaluate",))
+    if args.force or args.fresh:
+        raise ValueError(
+            "--force and --fresh rerun the run's own evaluate step (--config); drop them with --test-file."
+        )
+    from kd_tf import pipeline
+    from kd_tf.classify import report_render
+
+    run_dir = args.run_dir
+    if run_dir is None:
+        if args.config is None:
+            raise ValueError(
+                "--test-file needs the run: give RUN_DIR (e.g. saved_models/demo) or --config C.yaml."
+            )
+        from kd_tf import config as config_lib
+
+        run_dir = config_lib.load_config(args.config, args.set or []).run_dir
+    entry = pipeline.evaluate_test_file(
+        run_dir,
+        args.test_file,
+        name=args.name,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        text_pair_column=args.text_pair_column,
+        label_map=_label_map(args.label_map),
+        clean=args.clean,
+    )
+    report_render.print_test_set(entry["name"], entry)
+
+
+def _predict(args):
+    """`kd-tf predict RUN_DIR TEXT...`: every model's label and probabilities."""
+    from kd_tf import pipeline
+
+    texts = list(args.texts or [])
+    if args.file:
+        texts += pipeline.read_texts(args.file, args.text_column, args.max_texts)
+    out = pipeline.predict_texts(args.run_dir, texts, roles=args.models.split(",") if args.models else None)
+    names = out["label_names"]
+    from kd_tf.classify.report import ROLE_TITLES
+
+    width = max(len(ROLE_TITLES.get(r, r)) for r in out["probabilities"])
+    for i, text in enumerate(out["texts"]):
+        print(text if len(text) <= 100 else text[:97] + "...")
+        for role, probabilities in out["probabilities"].items():
+            p = probabilities[i]
+            shown = ", ".join(f"{n} {v:.3f}" for n, v in zip(names, p))
+            print(f"  {ROLE_TITLES.get(role, role).ljust(width)}  {names[int(p.argmax())]}  ({shown})")
 
 
 def _report(args):
@@ -171,6 +247,31 @@ def _export(args):
             f"{result['path']}: {result['size_bytes'] / 1e6:.2f} MB, label "
             f"agreement {result['label_agreement']:.2%}, "
             f"{result['latency_ms']['1']:.2f} ms at batch 1"
+        )
+    print(f"report: {os.path.join(report.out_dir, export.REPORT_MARKDOWN)}")
+
+
+def _export_lm(args):
+    """`kd-tf export-lm MODEL OUT_DIR`: a causal LM to LiteRT files and a serving SavedModel (docs/lm.md)."""
+    from kd_tf import export
+
+    report = export.export_causal_lm(
+        args.model,
+        args.out_dir,
+        sample_texts=export.read_texts(args.sample_file, args.max_samples, args.text_column),
+        prompts=args.prompt,
+        variants=[v.strip() for v in args.variants.split(",")],
+        sequence_length=args.sequence_length,
+        max_length=args.max_length,
+        max_windows=args.max_windows,
+        latency_runs=args.latency_runs,
+        verbose=True,
+    )
+    for result in report.litert.values():
+        print(
+            f"{result['path']}: {result['size_bytes'] / 1e6:.2f} MB, top-1 agreement "
+            f"{result['top1_agreement']:.2%}, perplexity change {result['perplexity_change']:+.2%}, "
+            f"{result['latency_ms']['1']:.1f} ms per forward"
         )
     print(f"report: {os.path.join(report.out_dir, export.REPORT_MARKDOWN)}")
 
@@ -262,6 +363,39 @@ def build_parser():
     )
     p.set_defaults(func=_export)
 
+    p = sub.add_parser(
+        "export-lm",
+        help="export a causal LM for phones (LiteRT) and servers",
+        description="Export a KerasHub causal LM (.keras file or model folder) to OUT_DIR: LiteRT "
+        "files with a fixed token window (logits out), the tokenizer's files, a serving SavedModel "
+        "that turns prompts into greedy text, and an export report; every file is checked against "
+        "the Keras model on windows of the sample texts. See docs/lm.md.",
+    )
+    p.add_argument("model", help="the causal LM: a .keras file, or a Hugging Face or KerasHub folder")
+    p.add_argument("out_dir", help="folder to create (must not hold files)")
+    p.add_argument(
+        "--sample-file",
+        required=True,
+        help="real texts to verify on: one a line, or a .tsv/.csv with a header",
+    )
+    p.add_argument(
+        "--text-column", help="text column of .tsv/.csv files (default: sentence, text or the first)"
+    )
+    p.add_argument("--max-samples", type=int, default=200, help="texts read from the file (default 200)")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        help="a prompt for the serving check (repeatable; default: the texts' starts)",
+    )
+    p.add_argument("--variants", default="float32,dynamic_int8", help="comma-separated LiteRT variants")
+    p.add_argument("--sequence-length", type=int, default=128, help="the LiteRT token window (default 128)")
+    p.add_argument(
+        "--max-length", type=int, default=64, help="tokens the serving model generates, prompt included"
+    )
+    p.add_argument("--max-windows", type=int, default=16, help="windows compared with Keras (default 16)")
+    p.add_argument("--latency-runs", type=int, default=20)
+    p.set_defaults(func=_export_lm)
+
     from kd_tf.pipeline import STEPS
 
     runs = [
@@ -280,7 +414,6 @@ def build_parser():
             ("teacher", "cache", "distill", "baseline"),
             None,
         ),
-        ("evaluate", "evaluate the run's models on the held-out test set", ("evaluate",), None),
     ]
     for name, text, steps, default in runs:
         p = sub.add_parser(
@@ -292,7 +425,69 @@ def build_parser():
             ),
         )
         _add_run_options(p, config_required=default is None)
+        if name in ("demo", "run"):
+            p.add_argument(
+                "--seeds",
+                type=int,
+                metavar="N",
+                help="train the distilled and the label-only student with N seeds (distill.seeds); on a "
+                "finished run only the new seeds train, and the report gives mean and standard deviation",
+            )
         p.set_defaults(func=lambda a, s=steps, d=default: _pipeline(a, s, d))
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a run's models on its test split, or on another labelled file",
+        description="With --config: the evaluate step of the run (its held-out test split: predictions, "
+        "quality, size, latency of every model). With RUN_DIR --test-file FILE: every model of the "
+        "finished run in RUN_DIR scored on a labelled CSV/TSV/JSONL file; the results go to "
+        "RUN_DIR/test_sets/NAME and into its report (accuracy and F1 with bootstrap intervals, McNemar "
+        "tests, the student's retention of the teacher's accuracy). See docs/evaluation.md.",
+    )
+    p.add_argument(
+        "run_dir", nargs="?", help="a finished run folder (with --test-file), e.g. saved_models/demo"
+    )
+    _add_run_options(p, config_required=False)
+    p.add_argument(
+        "--test-file", help="a labelled .csv, .tsv or .jsonl file with a header to score the models on"
+    )
+    p.add_argument("--name", help="name of this test set in the report (default: <folder>-<file stem>)")
+    p.add_argument(
+        "--text-column", help="column (or JSON key) of the texts (default: the run's data.text_column)"
+    )
+    p.add_argument(
+        "--label-column", help="column (or JSON key) of the labels (default: the run's data.label_column)"
+    )
+    p.add_argument("--text-pair-column", help="second text column of a sentence-pair run")
+    p.add_argument(
+        "--label-map",
+        action="append",
+        metavar="FILE_LABEL=RUN_LABEL",
+        help="map a label of the file onto a label of the run, e.g. --label-map positive=pos (repeatable); "
+        "labels with the run's names, and integer ids, map by themselves",
+    )
+    p.add_argument(
+        "--clean",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="repair mojibake, drop <br /> and collapse spaces (kd_tf.classify.clean_text); default: as the "
+        "run's own data was read (IMDB sources yes, table sources no)",
+    )
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "predict",
+        help="print every model's label and probabilities for some texts",
+        description="Run every model of the finished run in RUN_DIR on TEXTs (and/or the texts of --file) "
+        "with the run's own tokenizer, and print each model's label and probabilities.",
+    )
+    p.add_argument("run_dir", help="a finished run folder, e.g. saved_models/demo")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
+    p.add_argument("--file", help="more texts: one a line, or a column of a .csv/.tsv/.jsonl table")
+    p.add_argument("--text-column", help="the text column of a --file table")
+    p.add_argument("--max-texts", type=int, help="read at most this many texts from --file")
+    p.add_argument("--models", help="comma-separated models to run (default: every trained one)")
+    p.set_defaults(func=_predict)
 
     p = sub.add_parser(
         "report",

@@ -44,6 +44,10 @@ _above_zero = (lambda v: v > 0, "must be > 0")
 _seq_length = (lambda v: 3 <= v <= 512, "must be in [3, 512]")
 _seed = (lambda v: 0 <= v <= 2**32 - 1, "must be in [0, 4294967295]")
 _batch_size = (lambda v: 1 <= v <= 8192, "must be in [1, 8192]")
+_seeds = (lambda v: 1 <= v <= 100, "must be in [1, 100]")
+_resamples = (lambda v: 100 <= v <= 1_000_000, "must be in [100, 1000000]")
+_confidence = (lambda v: 0.5 <= v < 1.0, "must be in [0.5, 1)")
+_significance = (lambda v: 0.0 < v <= 0.5, "must be in (0, 0.5]")
 
 TEACHER_LAYERS = {"kd-tf:all-MiniLM-L6-v2": 6}
 """Depths of teachers known without loading them: `student.init_layers` is checked against them when
@@ -163,6 +167,14 @@ class DistillConfig:
     )
     cache_teacher: bool = _field(True, "compute teacher logits once and train from the cache")
     baseline: bool = _field(True, "also train the same student on labels alone (same budget)")
+    seeds: int = _field(
+        1,
+        "train the distilled and the label-only student this many times, each time with another seed "
+        "(head, dropout, data order) on the same teacher and its cached logits; the first seed is the "
+        "run's student/ and baseline/, the others are scored on the test split in seeds/, and the report "
+        "gives mean and standard deviation. Can be raised on a finished run (only new seeds train)",
+        check=_seeds,
+    )
     jit_compile: str = _field("auto", "auto (on for GPU/TPU only), on or off", choices=("auto", "on", "off"))
 
 
@@ -185,6 +197,18 @@ class EvaluateConfig:
 
     latency_runs: int = _field(30, "batch-1 runs whose median is the latency", check=_positive)
     throughput_examples: int = _field(128, "examples timed for examples/s", check=_positive)
+    bootstrap_resamples: int = _field(
+        2000,
+        "resamples of the test examples for the percentile bootstrap intervals of every quality figure "
+        "(seeded with the run's seed)",
+        check=_resamples,
+    )
+    confidence: float = _field(0.95, "coverage of the bootstrap intervals", check=_confidence)
+    significance_level: float = _field(
+        0.05,
+        "a difference between two models is significant when its exact McNemar p-value is below this",
+        check=_significance,
+    )
 
 
 @dataclasses.dataclass

@@ -32,6 +32,32 @@ def test_version_and_help():
     result = run_cli("--help")
     assert result.returncode == 0
     assert "convert-hf-bert" in result.stdout and "inspect" in result.stdout
+    assert "evaluate" in result.stdout and "predict" in result.stdout
+
+
+def test_evaluate_and_run_options_parse():
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        [
+            "evaluate",
+            "runs/demo",
+            "--test-file",
+            "dev.tsv",
+            "--label-map",
+            "positive=pos",
+            "--label-map",
+            "0=neg",
+        ]
+    )
+    assert (args.run_dir, args.test_file, args.clean) == ("runs/demo", "dev.tsv", None)
+    assert cli._label_map(args.label_map) == {"positive": "pos", "0": "neg"}
+    assert parser.parse_args(["evaluate", "--config", "c.yaml"]).run_dir is None
+    assert parser.parse_args(["evaluate", "r", "--test-file", "f.csv", "--no-clean"]).clean is False
+    assert parser.parse_args(["run", "--config", "c.yaml", "--seeds", "3"]).seeds == 3
+    args = parser.parse_args(["predict", "runs/demo", "a fine film", "dull", "--models", "student"])
+    assert (args.texts, args.models) == (["a fine film", "dull"], "student")
+    with pytest.raises(ValueError, match="write FILE_LABEL=RUN_LABEL"):
+        cli._label_map(["positive:pos"])
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -60,8 +61,9 @@ def tiny_config(tmp_path, tiny_encoder, tiny_preprocessor, **extra):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_encoder, tiny_preprocessor):
+    """A finished run with two seeds (the run's own students and one more pair)."""
     tmp_path = tmp_path_factory.mktemp("pipeline")
-    config_path = tiny_config(tmp_path, tiny_encoder, tiny_preprocessor)
+    config_path = tiny_config(tmp_path, tiny_encoder, tiny_preprocessor, distill={"seeds": 2})
     assert cli.main(["run", "--config", config_path]) == 0
     return config_path, load_config(config_path).run_dir
 
@@ -84,10 +86,16 @@ def test_run_folder_holds_every_output(finished_run):
         "export/labels.txt",
         "export/tflite/model_float32.tflite",
         "export/serving/saved_model.pb",
+        "seeds/seed1003/student.npz",
+        "seeds/seed1003/baseline.npz",
+        "seeds/seed1003/student_history.json",
+        "seeds/seed1003/seed.json",
         "report.json",
         "report.md",
         "training_curves.png",
         "accuracy_vs_size.png",
+        "accuracy_intervals.png",
+        "seeds.png",
     ]:
         assert os.path.exists(os.path.join(run_dir, path)), path
     assert os.listdir(os.path.join(run_dir, "logs")) != []  # TensorBoard
@@ -106,13 +114,15 @@ def test_report_is_recomputed_from_saved_predictions(finished_run):
     _, run_dir = finished_run
     with open(os.path.join(run_dir, "report.json")) as f:
         report = json.load(f)
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2
     assert set(report["models"]) == {"teacher", "student", "baseline"}
     for role, entry in report["models"].items():
         preds = evaluate.load_predictions(os.path.join(run_dir, "predictions", f"{role}.npz"))
         assert len(preds["labels"]) == 48
         accuracy = float(np.mean(preds["logits"].argmax(1) == preds["labels"]))
         assert entry["accuracy"] == pytest.approx(accuracy)
+        low, high = entry["accuracy_interval"]
+        assert low <= accuracy <= high and high - low > 0.1  # 48 examples tell little
         for key in (
             "precision",
             "recall",
@@ -134,8 +144,22 @@ def test_report_is_recomputed_from_saved_predictions(finished_run):
         "student accuracy / teacher accuracy",
     ]
     assert len(t["history"]["loss"]) >= 1 and "val_accuracy" in s["history"]
+    assert {x["verdict"] for x in report["targets"]} <= {"met", "missed", "undecided"}
+    assert report["comparison"]["tests"]["student_vs_baseline"]["p_value"] is not None
+    # Two seeds: the run's own students and one more pair, trained from the same cached teacher logits.
+    seeds = report["seeds"]
+    assert seeds["seed_values"] == [3, 1003] and seeds["status"] == "complete"
+    again = evaluate.load_predictions(os.path.join(run_dir, "seeds", "seed1003", "student.npz"))
+    assert again["ids"].tolist() == preds["ids"].tolist()
+    first, second = seeds["models"]["student"]["accuracy"]["values"]
+    assert first == pytest.approx(s["accuracy"])
+    assert second == pytest.approx(float(np.mean(again["logits"].argmax(1) == again["labels"])))
+    assert seeds["models"]["student"]["accuracy"]["sd"] == pytest.approx(np.std([first, second], ddof=1))
+    with open(os.path.join(run_dir, "steps", "cache.json")) as f:
+        assert json.load(f)["examples"] == 96  # computed once, for every seed
     markdown = open(os.path.join(run_dir, "report.md")).read()
     assert "| distilled student |" in markdown and "![training curves]" in markdown
+    assert "## Seeds (2)" in markdown and "![seeds](seeds.png)" in markdown
 
 
 def test_rerun_reuses_finished_steps(finished_run, capsys):
@@ -198,6 +222,22 @@ def test_config_errors_name_the_key(tmp_path, capsys):
     assert err.count("\n") == 1 and "teacher.epochs: 0 is impossible" in err
 
 
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("distill.seeds=0", "distill.seeds: 0 is impossible: it must be in [1, 100]"),
+        ("evaluate.confidence=95", "evaluate.confidence: 95.0 is impossible: it must be in [0.5, 1)"),
+        ("evaluate.bootstrap_resamples=10", "evaluate.bootstrap_resamples: 10 is impossible"),
+        ("evaluate.significance_level=0", "evaluate.significance_level: 0.0 is impossible"),
+    ],
+)
+def test_evaluation_keys_are_checked(override, message):
+    from kd_tf.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(os.path.join(REPO, "configs", "demo.yaml"), [override])
+
+
 def test_gpu_config_runs_with_local_models_and_mock_tfds(tmp_path, tiny_encoder, tiny_preprocessor):
     """configs/imdb_bert_base_to_small_bert.yaml with handles and data made local."""
     import tensorflow_datasets as tfds
@@ -230,6 +270,188 @@ def test_gpu_config_runs_with_local_models_and_mock_tfds(tmp_path, tiny_encoder,
     assert report["config"]["teacher"]["pooling"] == "pooled"
     assert report["data"]["sizes"] == {"train": 32, "validation": 8, "test": 40}
     assert report["models"]["student"]["encoder"] == student
+
+
+# --------------------------------------------------------------------------- seeds, other data, predict
+def _copy_run(run_dir, tmp_path, config_path, **changes):
+    """A copy of a finished run folder and its config (tests that change a run leave the shared one)."""
+    copy = tmp_path / "runs" / "tiny"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("export", "savedmodel", "logs"))
+    resolved = yaml.safe_load((copy / "config.yaml").read_text())
+    (copy / "config.yaml").write_text(yaml.safe_dump({**resolved, "output_dir": str(tmp_path / "runs")}))
+    values = yaml.safe_load(open(config_path))
+    values["output_dir"] = str(tmp_path / "runs")
+    for key, value in changes.items():
+        values[key] = {**values.get(key, {}), **value}
+    path = tmp_path / "copy.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path), str(copy)
+
+
+def test_more_seeds_on_a_finished_run_train_only_the_new_ones(finished_run, tmp_path, capsys):
+    config_path, run_dir = _copy_run(finished_run[1], tmp_path, finished_run[0])
+    kept = digest(os.path.join(run_dir, "seeds", "seed1003", "student.npz"))
+    student = digest(os.path.join(run_dir, "student", "model.keras"))
+    assert cli.main(["run", "--config", config_path, "--seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    for step in ("teacher", "cache", "distill", "baseline", "evaluate", "export"):
+        assert f"[{step}] done before" in out
+    assert "seed 1003: trained before, reusing" in out and "seed 2003: student test accuracy" in out
+    assert digest(os.path.join(run_dir, "seeds", "seed1003", "student.npz")) == kept
+    assert digest(os.path.join(run_dir, "student", "model.keras")) == student
+    report = strict_load(os.path.join(run_dir, "report.json"))
+    assert report["seeds"]["seed_values"] == [3, 1003, 2003]
+    assert report["seeds"]["models"]["baseline"]["accuracy"]["n"] == 3
+    with open(os.path.join(run_dir, "steps", "seeds.json")) as f:
+        record = json.load(f)
+    assert (record["trained"], record["reused"]) == ([2003], [1003])
+    # The same count again is done.
+    assert cli.main(["run", "--config", config_path, "--seeds", "3"]) == 0
+    assert "[seeds] done before" in capsys.readouterr().out
+
+
+def test_evaluate_a_finished_run_on_another_labelled_file(finished_run, sst2_dir, capsys):
+    """SST-2 dev (integer labels 0/1) scored by a run trained on IMDB reviews (labels neg/pos)."""
+    _, run_dir = finished_run
+    dev = os.path.join(sst2_dir, "dev.tsv")
+    args = ["evaluate", run_dir, "--test-file", dev, "--text-column", "sentence"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "872 examples; labels 0 -> neg (428, by id), 1 -> pos (444, by id)" in out
+    assert "retention (distilled / teacher accuracy):" in out and "student vs baseline: exact McNemar" in out
+    folder = os.path.join(run_dir, "test_sets", "sst2-dev")
+    record = strict_load(os.path.join(folder, "test_set.json"))
+    assert record["format"] == "tsv" and record["examples"] == 872 and record["clean"] is True
+    for role, stamp in record["models"].items():
+        assert stamp["token"] == strict_load(os.path.join(run_dir, "steps", f"{stamp['step']}.json"))["token"]
+    report = strict_load(os.path.join(run_dir, "report.json"))
+    entry = report["test_sets"]["sst2-dev"]
+    accuracies = {}
+    for role in ("teacher", "student", "baseline"):
+        preds = evaluate.load_predictions(os.path.join(folder, "predictions", f"{role}.npz"))
+        assert preds["ids"][0] == "sst2/dev.tsv:2" and preds["labels"][:2].tolist() == [1, 0]
+        accuracies[role] = float(np.mean(preds["logits"].argmax(1) == preds["labels"]))
+        assert entry["models"][role]["accuracy"] == pytest.approx(accuracies[role])
+        low, high = entry["models"][role]["accuracy_interval"]
+        assert low <= accuracies[role] <= high
+    ratio = entry["comparison"]["student_accuracy_ratio"]
+    assert ratio == pytest.approx(accuracies["student"] / accuracies["teacher"])
+    # The run's own test split is still the report's models.
+    assert report["models"]["student"]["accuracy"] == pytest.approx(
+        strict_load(os.path.join(run_dir, "report.json"))["models"]["student"]["accuracy"]
+    )
+    markdown = open(os.path.join(run_dir, "report.md")).read()
+    assert "### sst2-dev" in markdown and "cross-domain retention" in markdown
+
+
+def test_evaluate_maps_label_names_and_refuses_unknown_ones(finished_run, sst2_dir, tmp_path, capsys):
+    """A JSON Lines file whose labels are spelt negative/positive, against the same rows as TSV."""
+    from kd_tf.classify import load_table
+
+    _, run_dir = finished_run
+    dev = load_table(os.path.join(sst2_dir, "dev.tsv"), "sentence", "label", limit=40)
+    path = tmp_path / "reviews" / "sst2_head.jsonl"
+    path.parent.mkdir()
+    words = {0: "negative", 1: "positive"}
+    path.write_text(
+        "".join(
+            json.dumps({"review": t, "sentiment": words[int(y)]}) + "\n"
+            for t, y in zip(dev.texts, dev.labels)
+        )
+    )
+    args = [
+        "evaluate",
+        run_dir,
+        "--test-file",
+        str(path),
+        "--text-column",
+        "review",
+        "--label-column",
+        "sentiment",
+    ]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    first_negative = int(np.flatnonzero(dev.labels == 0)[0]) + 1
+    assert f"sst2_head.jsonl (jsonl), line {first_negative}: the label 'negative' (" in err
+    assert "is not a label of the model, whose labels are neg, pos" in err
+    assert "--label-map negative=neg" in err and err.count("\n") == 1
+    assert cli.main(args + ["--label-map", "positive=good"]) == 1
+    assert "'good' is not a label of the model; its labels are neg, pos" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(run_dir, "test_sets", "reviews-sst2_head"))
+    mapped = args + ["--label-map", "positive=pos", "--label-map", "negative=neg", "--name", "head"]
+    assert cli.main(mapped) == 0
+    assert "labels negative -> neg" in capsys.readouterr().out
+    # The same texts and labels as the TSV rows, so the same predictions.
+    tsv = os.path.join(run_dir, "test_sets", "sst2-dev", "predictions", "student.npz")
+    if not os.path.exists(tsv):
+        assert (
+            cli.main(
+                [
+                    "evaluate",
+                    run_dir,
+                    "--test-file",
+                    os.path.join(sst2_dir, "dev.tsv"),
+                    "--text-column",
+                    "sentence",
+                ]
+            )
+            == 0
+        )
+    full = evaluate.load_predictions(tsv)
+    head = evaluate.load_predictions(os.path.join(run_dir, "test_sets", "head", "predictions", "student.npz"))
+    np.testing.assert_array_equal(head["labels"], full["labels"][:40])
+    np.testing.assert_allclose(head["logits"], full["logits"][:40], atol=1e-5)
+    assert head["ids"][0] == "reviews/sst2_head.jsonl:1"
+
+
+def test_predict_prints_each_models_label_and_probabilities(finished_run, sst2_dir, tmp_path, capsys):
+    from kd_tf.classify import load_table
+
+    _, run_dir = finished_run
+    texts = [
+        str(t) for t in load_table(os.path.join(sst2_dir, "dev.tsv"), "sentence", "label", limit=3).texts
+    ]
+    (tmp_path / "more.txt").write_text(texts[2] + "\n")
+    assert cli.main(["predict", run_dir, texts[0], texts[1], "--file", str(tmp_path / "more.txt")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 * 4 and lines[0] == texts[0].strip()
+    out = pipeline.predict_texts(run_dir, texts)
+    assert out["label_names"] == ["neg", "pos"]
+    for i in range(3):
+        for j, role in enumerate(("teacher", "student", "baseline")):
+            p = out["probabilities"][role][i]
+            assert p.sum() == pytest.approx(1.0)
+            want = f"{['neg', 'pos'][int(p.argmax())]}  (neg {p[0]:.3f}, pos {p[1]:.3f})"
+            assert lines[4 * i + 1 + j].endswith(want), (lines[4 * i + 1 + j], want)
+    # The probabilities are the softmax of the logits the evaluation saved for the same texts.
+    logits, _ = evaluate.predict_logits(
+        pipeline.open_run(run_dir).load_model("student"),
+        pipeline.open_run(run_dir).dataset(
+            TextDataset(texts=texts, labels=[0, 0, 0], label_names=("neg", "pos")), bucketing=False
+        ),
+    )
+    np.testing.assert_allclose(out["probabilities"]["student"], tf.nn.softmax(logits).numpy(), atol=1e-5)
+
+
+def test_evaluate_and_predict_refuse_what_they_cannot_do(finished_run, tmp_path, sst2_dir, capsys):
+    _, run_dir = finished_run
+    dev = os.path.join(sst2_dir, "dev.tsv")
+    cases = [
+        (["evaluate", run_dir], "needs --test-file FILE"),
+        (["evaluate", str(tmp_path), "--test-file", dev], "not a kd-tf run folder (no config.yaml in it)"),
+        (["evaluate", run_dir, "--test-file", dev, "--name", "test"], "not test (the run's own test split)"),
+        (
+            ["evaluate", run_dir, "--test-file", dev, "--text-column", "text"],
+            "no column 'text' for the text_column",
+        ),
+        (["evaluate", run_dir, "--test-file", dev, "--label-map", "positive"], "write FILE_LABEL=RUN_LABEL"),
+        (["predict", run_dir, "good", "--models", "student,tutor"], "has no trained tutor"),
+        (["predict", run_dir], "no text to classify"),
+    ]
+    for args, message in cases:
+        assert cli.main(args) == 1, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (args, err)
 
 
 # --------------------------------------------------------------------------- faults and bad input

@@ -1,29 +1,53 @@
 """The teacher-versus-student report of a run: `report.json`, `report.md`, plots.
 
-`build_report` reads only what a run wrote (its config, step records,
-evaluation file, saved test-set predictions and training histories) and
-recomputes every quality figure from the predictions, so `kd-tf report` can
-re-render a run at any time.
+`build_report` reads only what a run wrote (its config, step records, evaluation file, saved test-set
+predictions, training histories, the seeds' predictions and the other test sets scored with
+`kd-tf evaluate RUN_DIR --test-file`) and recomputes every quality figure from the predictions, so
+`kd-tf report` can re-render a run at any time. Every accuracy and F1 carries a percentile bootstrap
+interval, and the students are compared with the teacher and with each other by exact McNemar tests
+on the same examples (`kd_tf.classify.statistics`; docs/evaluation.md says how to read them).
 
-`report.json` schema (version 1; benchmarks and notebooks read it):
+`report.json` schema (version 2; benchmarks and notebooks read it):
 
 ```
-schema_version   1
+schema_version   2
 run_name, run_dir, created (ISO time)
 config           the resolved run config (nested dict)
 data             {label_names, sizes: {train, validation, test, transfer}, seq_length, source}
+statistics       {method, resamples, seed, confidence, test, significance_level}: how intervals and
+                 p-values were computed
 models           {teacher|student|baseline: {
                     role, encoder, layers, hidden_size, parameters,
                     savedmodel_bytes, tflite_bytes (float32 .tflite at export.seq_length),
                     latency_ms (batch 1, median, CPU), latency_ms_p90, examples_per_s,
                     training_seconds, best_val_accuracy,
-                    accuracy, precision, recall, f1 (macro, test set),
+                    accuracy, precision, recall, f1 (macro), on the run's test split,
+                    accuracy_interval, f1_interval ([low, high] bootstrap intervals),
                     per_class {name: {precision, recall, f1, support}}, confusion_matrix,
                     agreement_with_teacher, history {metric: [per epoch]}}}
-comparison       {student_accuracy_ratio (student / teacher), student_minus_baseline_accuracy,
+comparison       on the run's test split: {
+                  student_accuracy_ratio (student / teacher), student_accuracy_ratio_interval,
+                  student_minus_baseline_accuracy, student_minus_baseline_accuracy_interval,
+                  student_minus_teacher_accuracy, student_minus_teacher_accuracy_interval,
+                  tests {student_vs_baseline|student_vs_teacher: {test, a, b, only_a_right,
+                         only_b_right, p_value, significance_level, significant}},
                   size_ratio (teacher / student parameters), speedup (teacher / student latency),
                   layer_ratio (student / teacher layers)}
-targets          [{name, value, threshold, met}]
+targets          [{name, value, interval, threshold, verdict, met, evidence}]
+                 verdict: "met", "missed", "undecided" or "not measured" (see `_targets`);
+                 met: true for "met", false for "missed", null otherwise
+seeds            null (one seed), or {count, seed_values, status,
+                  models {student|baseline: {accuracy|f1: {mean, sd, min, max, n, values}}},
+                  student_minus_baseline_accuracy {mean, sd, ...}, student_accuracy_ratio {mean, sd, ...},
+                  student_wins (seeds where the distilled student is more accurate),
+                  per_seed [{seed, student, baseline (test accuracy), p_value (McNemar)}]}
+test_sets        other labelled files scored with `kd-tf evaluate RUN_DIR --test-file` (the run's own
+                 test split is `models` above): {name: {name, file, format, examples, columns, clean,
+                  label_mapping {file label: {label, examples, by}}, created,
+                  models {role: {role, accuracy, accuracy_interval, precision, recall, f1, f1_interval,
+                         agreement_with_teacher, status}},
+                  comparison {the comparison keys above but size, speed and layers; on this file,
+                              student_accuracy_ratio is the cross-domain retention}}}
 steps            {step: seconds}
 export           the export report of the student, or null
 plots            {name: file name}
@@ -31,7 +55,9 @@ plots            {name: file name}
 Keys whose value could not be measured are null. `report.json` is strict JSON: a non-finite number is
 never written (it becomes null). A model whose saved test logits are not all finite gets
 `status: "non-finite logits: ..."` and null quality figures, so no target counts as met on them; a
-model whose training diverged and kept an earlier epoch carries its training `status`.
+model whose training diverged and kept an earlier epoch carries its training `status`; a model of
+another test set that was trained again after that set was scored is `status: "stale: ..."`.
+Version 1 had no intervals, tests, seeds or test sets, and `met` was decided on the point estimate.
 """
 
 from __future__ import annotations
@@ -42,11 +68,16 @@ import os
 
 import numpy as np
 
-from kd_tf.classify import evaluate
+from kd_tf.classify import evaluate, report_seeds, statistics
 from kd_tf.json_files import strict_json, write_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ROLE_TITLES = {"teacher": "teacher", "student": "distilled student", "baseline": "label-only student"}
+TRAINING_STEPS = {"teacher": "teacher", "student": "distill", "baseline": "baseline"}
+STEP_ORDER = ("teacher", "cache", "distill", "baseline", "evaluate", "export", "seeds", "report")
+TEST_SETS_DIR = "test_sets"
+TEST_SET_RECORD = "test_set.json"
+QUALITY_KEYS = ("accuracy", "precision", "recall", "f1", "accuracy_interval", "f1_interval")
 
 
 def _read_json(path, default=None):
@@ -55,6 +86,202 @@ def _read_json(path, default=None):
             return json.load(f)
     except (OSError, ValueError):
         return default
+
+
+def statistics_settings(config):
+    """How a run's intervals and tests are computed, from its config dict (`evaluate.*`, `seed`).
+
+    Example:
+    ```python
+    statistics_settings({"seed": 42, "evaluate": {"bootstrap_resamples": 5000}})["resamples"]  # 5000
+    ```
+    """
+    e = (config or {}).get("evaluate") or {}
+    return {
+        "method": "percentile bootstrap over the test examples, the same resamples for every model",
+        "resamples": int(e.get("bootstrap_resamples", statistics.DEFAULT_RESAMPLES)),
+        "seed": int((config or {}).get("seed", 0)),
+        "confidence": float(e.get("confidence", statistics.DEFAULT_CONFIDENCE)),
+        "test": "exact McNemar: two-sided binomial test on the examples exactly one of two models gets right",
+        "significance_level": float(e.get("significance_level", statistics.DEFAULT_SIGNIFICANCE)),
+    }
+
+
+def _non_finite_status(logits):
+    bad = int(np.sum(~np.isfinite(logits).all(axis=-1)))
+    return (
+        f"non-finite logits: {bad} of {len(logits)} test examples; its training diverged, so no quality "
+        f"figure is reported"
+    )
+
+
+def score_test_set(labels, logits, label_names, settings, statuses=None):
+    """Quality of every model on one test set, with bootstrap intervals and paired tests.
+
+    Args:
+        labels: true label ids `[N]`.
+        logits: `{role: logits [N, C]}` of the models, on the same examples.
+        label_names: the label names, in id order.
+        settings: `statistics_settings(config)`.
+        statuses: `{role: reason}` for models whose figures must not be reported (e.g. stale ones).
+
+    Returns:
+        `(models, comparison)`: `models[role]` holds accuracy, precision, recall, F1 (macro), their
+        intervals, per-class figures, the confusion matrix and the agreement with the teacher (or a
+        `status` and null figures); `comparison` the students' ratios and differences with intervals,
+        and McNemar tests (`tests`).
+
+    Example:
+    ```python
+    models, comparison = score_test_set(labels, {"teacher": t, "student": s}, ["neg", "pos"],
+                                        statistics_settings(config))
+    comparison["student_accuracy_ratio_interval"]  # [0.951, 1.004]
+    ```
+    """
+    statuses = dict(statuses or {})
+    for role, values in logits.items():
+        if role not in statuses and not np.isfinite(values).all():
+            statuses[role] = _non_finite_status(values)
+    scored = {role: values for role, values in logits.items() if role not in statuses}
+    boot = None
+    if scored:
+        boot = statistics.PairedBootstrap(
+            labels,
+            scored,
+            num_classes=len(label_names),
+            resamples=settings["resamples"],
+            seed=settings["seed"],
+            confidence=settings["confidence"],
+        )
+    teacher = scored.get("teacher")
+    models = {}
+    for role in logits:
+        entry = {"role": ROLE_TITLES.get(role, role)}
+        if role in statuses:
+            entry.update({k: None for k in QUALITY_KEYS}, agreement_with_teacher=None, status=statuses[role])
+        else:
+            entry.update(evaluate.classification_metrics(labels, scored[role], label_names))
+            entry["accuracy_interval"] = boot.interval(role, "accuracy")
+            entry["f1_interval"] = boot.interval(role, "f1")
+            entry["agreement_with_teacher"] = (
+                evaluate.agreement(scored[role], teacher) if teacher is not None else None
+            )
+        models[role] = entry
+    return models, _paired_comparison(labels, scored, boot, settings["significance_level"])
+
+
+def _paired_comparison(labels, scored, boot, level):
+    s = scored.get("student")
+    out = {
+        "student_accuracy_ratio": None,
+        "student_accuracy_ratio_interval": None,
+        "student_minus_baseline_accuracy": None,
+        "student_minus_baseline_accuracy_interval": None,
+        "student_minus_teacher_accuracy": None,
+        "student_minus_teacher_accuracy_interval": None,
+        "tests": {},
+    }
+    if s is None:
+        return out
+    accuracy = {role: boot.estimates[role]["accuracy"] for role in scored}
+    if "teacher" in scored:
+        out["student_accuracy_ratio"] = (
+            accuracy["student"] / accuracy["teacher"] if accuracy["teacher"] > 0 else None
+        )
+        out["student_accuracy_ratio_interval"] = boot.ratio_interval("student", "teacher")
+    for other in ("baseline", "teacher"):
+        if other not in scored:
+            continue
+        out[f"student_minus_{other}_accuracy"] = accuracy["student"] - accuracy[other]
+        out[f"student_minus_{other}_accuracy_interval"] = boot.difference_interval("student", other)
+        test = statistics.mcnemar_test(labels, s, scored[other])
+        out["tests"][f"student_vs_{other}"] = {"a": "student", "b": other, **test.to_dict(level)}
+    return out
+
+
+def _mcnemar(comparison, name):
+    test = comparison["tests"].get(name)
+    if test is None:
+        return None
+    return statistics.McNemarResult(test["only_a_right"], test["only_b_right"], test["p_value"])
+
+
+def _targets(models, comparison, settings):
+    """The demo's targets, decided with their uncertainty (no tuning on the test set: they are only read).
+
+    A threshold target (teacher accuracy >= 0.85, student / teacher accuracy >= 0.97) is met when its
+    whole bootstrap interval is at or above the threshold, missed when the whole interval is below, and
+    undecided when the interval straddles it (the test set is too small to tell). "The distilled
+    student beats the label-only student" is met only when the McNemar test on the same examples is
+    significant and the student is ahead, missed when it is significant the other way, and undecided
+    (not significant) otherwise.
+    """
+    level = settings["significance_level"]
+    teacher = models.get("teacher", {})
+    targets = []
+    for name, value, interval, threshold in (
+        ("teacher accuracy", teacher.get("accuracy"), teacher.get("accuracy_interval"), 0.85),
+        (
+            "student accuracy / teacher accuracy",
+            comparison.get("student_accuracy_ratio"),
+            comparison.get("student_accuracy_ratio_interval"),
+            0.97,
+        ),
+    ):
+        verdict = statistics.threshold_verdict(value, interval, threshold)
+        evidence = {
+            "met": "the whole interval is at or above the threshold",
+            "missed": "the whole interval is below the threshold",
+            "undecided": "the interval straddles the threshold: the test set cannot tell",
+            "not measured": "not measured",
+        }[verdict]
+        targets.append((name, value, interval, threshold, verdict, evidence))
+    if "baseline" in models:
+        value = comparison.get("student_minus_baseline_accuracy")
+        test = _mcnemar(comparison, "student_vs_baseline")
+        verdict = statistics.difference_verdict(value, test, level)
+        evidence = "not measured"
+        if test is not None:
+            significance = "significant" if test.significant(level) else "not significant"
+            evidence = (
+                f"exact McNemar p = {test.p_value:.3g}, {significance} at {level:g}; {test.only_a_right} "
+                f"examples only the distilled student gets right, {test.only_b_right} only the label-only one"
+            )
+        targets.append(
+            (
+                "student accuracy - label-only student accuracy",
+                value,
+                comparison.get("student_minus_baseline_accuracy_interval"),
+                0.0,
+                verdict,
+                evidence,
+            )
+        )
+    return [
+        {
+            "name": name,
+            "value": value,
+            "interval": interval,
+            "threshold": threshold,
+            "verdict": verdict,
+            "met": {"met": True, "missed": False}.get(verdict),
+            "evidence": evidence,
+        }
+        for name, value, interval, threshold, verdict, evidence in targets
+    ]
+
+
+def _steps(path):
+    steps = {}
+    if os.path.isdir(path("steps")):
+        names = sorted(
+            (n for n in os.listdir(path("steps")) if n.endswith(".json")),
+            key=lambda n: STEP_ORDER.index(n[:-5]) if n[:-5] in STEP_ORDER else len(STEP_ORDER),
+        )
+        for name in names:
+            record = _read_json(path("steps", name), {})
+            steps[record.get("step", name[:-5])] = record
+    return steps
 
 
 def build_report(run_dir):
@@ -72,7 +299,7 @@ def build_report(run_dir):
     Example:
     ```python
     report = build_report("saved_models/demo")
-    report["models"]["student"]["accuracy"]
+    report["models"]["student"]["accuracy_interval"]  # [0.759, 0.81]
     ```
     """
     import yaml
@@ -86,56 +313,36 @@ def build_report(run_dir):
         )
     with open(path("config.yaml")) as f:
         config = yaml.safe_load(f)
+    settings = statistics_settings(config)
     splits = _read_json(path("data", "splits.json"), {})
     label_names = splits.get("label_names")
-    steps = {}
-    if os.path.isdir(path("steps")):
-        order = ("teacher", "cache", "distill", "baseline", "evaluate", "export", "report")
-        names = sorted(
-            os.listdir(path("steps")), key=lambda n: order.index(n[:-5]) if n[:-5] in order else len(order)
-        )
-        for name in names:
-            if name.endswith(".json"):
-                record = _read_json(path("steps", name), {})
-                steps[record.get("step", name[:-5])] = record
-    export = _read_json(path("export", "export_report.json"))
+    steps = _steps(path)
     predictions = {
         role: evaluate.load_predictions(path("predictions", f"{role}.npz"))
         for role in evaluation
         if os.path.exists(path("predictions", f"{role}.npz"))
     }
-    teacher_logits = predictions.get("teacher", {}).get("logits")
-
-    if teacher_logits is not None and not np.isfinite(teacher_logits).all():
-        teacher_logits = None
-    models = {}
+    models, comparison = {}, _paired_comparison(None, {}, None, settings["significance_level"])
+    if predictions:
+        labels = next(iter(predictions.values()))["labels"]
+        logits = {role: p["logits"] for role, p in predictions.items()}
+        models, comparison = score_test_set(labels, logits, label_names, settings)
     for role, measured in evaluation.items():
-        entry = {"role": ROLE_TITLES.get(role, role), **measured}
-        preds = predictions.get(role)
-        if preds is not None and not np.isfinite(preds["logits"]).all():
-            bad = int(np.sum(~np.isfinite(preds["logits"]).all(axis=-1)))
-            entry["status"] = (
-                f"non-finite logits: {bad} of {len(preds['logits'])} test examples; its training "
-                f"diverged, so no quality figure is reported"
-            )
-            entry.update({k: None for k in ("accuracy", "precision", "recall", "f1")})
-            entry["agreement_with_teacher"] = None
-        elif preds is not None:
-            entry.update(evaluate.classification_metrics(preds["labels"], preds["logits"], label_names))
-            entry["agreement_with_teacher"] = (
-                evaluate.agreement(preds["logits"], teacher_logits) if teacher_logits is not None else None
-            )
+        entry = {"role": ROLE_TITLES.get(role, role), **measured, **models.get(role, {})}
         history = _read_json(path(role, "history.json"), {})
         entry["history"] = history.get("history", {})
         entry["training_seconds"] = history.get("seconds")
         if history.get("status") not in (None, "completed"):
             entry.setdefault("status", f"training {history['status']}")
-        entry["best_val_accuracy"] = steps.get(role if role != "student" else "distill", {}).get(
-            "best_val_accuracy"
-        )
+        entry["best_val_accuracy"] = steps.get(TRAINING_STEPS.get(role, role), {}).get("best_val_accuracy")
         entry.setdefault("tflite_bytes", None)
         models[role] = entry
-
+    t, s = models.get("teacher", {}), models.get("student", {})
+    comparison.update(
+        size_ratio=_ratio(t.get("parameters"), s.get("parameters")),
+        speedup=_ratio(t.get("latency_ms"), s.get("latency_ms")),
+        layer_ratio=_ratio(s.get("layers"), t.get("layers")),
+    )
     report = {
         "schema_version": SCHEMA_VERSION,
         "run_name": config.get("run_name"),
@@ -148,13 +355,18 @@ def build_report(run_dir):
             "seq_length": config.get("data", {}).get("seq_length"),
             "source": config.get("data", {}).get("source"),
         },
+        "statistics": settings,
         "models": models,
-        "comparison": _comparison(models),
+        "comparison": comparison,
+        "targets": _targets(models, comparison, settings),
+        "seeds": report_seeds.seed_summary(run_dir, config, steps.get("seeds"), predictions),
+        "test_sets": {
+            name: read_test_set(run_dir, name, settings, steps) for name in test_set_names(run_dir)
+        },
         "steps": {k: v.get("seconds") for k, v in steps.items()},
-        "export": export,
+        "export": _read_json(path("export", "export_report.json")),
         "plots": {},
     }
-    report["targets"] = _targets(report)
     return strict_json(report)
 
 
@@ -162,226 +374,118 @@ def _ratio(a, b):
     return None if a is None or b in (None, 0) else float(a) / float(b)
 
 
-def _comparison(models):
-    t, s, b = models.get("teacher", {}), models.get("student", {}), models.get("baseline", {})
-    return {
-        "student_accuracy_ratio": _ratio(s.get("accuracy"), t.get("accuracy")),
-        "student_minus_baseline_accuracy": (
-            None if s.get("accuracy") is None or b.get("accuracy") is None else s["accuracy"] - b["accuracy"]
-        ),
-        "size_ratio": _ratio(t.get("parameters"), s.get("parameters")),
-        "speedup": _ratio(t.get("latency_ms"), s.get("latency_ms")),
-        "layer_ratio": _ratio(s.get("layers"), t.get("layers")),
+# ----------------------------------------------------------------------------
+# Other test sets (kd-tf evaluate RUN_DIR --test-file FILE).
+# ----------------------------------------------------------------------------
+def test_set_names(run_dir):
+    """Names of the other test sets scored for a run (folders of `test_sets/`), sorted.
+
+    Example:
+    ```python
+    test_set_names("saved_models/demo")  # ['sst2-dev']
+    ```
+    """
+    root = os.path.join(run_dir, TEST_SETS_DIR)
+    if not os.path.isdir(root):
+        return []
+    return sorted(
+        n for n in os.listdir(root) if not n.startswith(".") and os.path.isdir(os.path.join(root, n))
+    )
+
+
+def read_test_set(run_dir, name, settings, steps=None):
+    """The scores of the models of a run on another test set (`test_sets/<name>/`), with intervals.
+
+    A model trained again since that set was scored (its training step's token changed) is reported
+    as stale, with null figures.
+
+    Args:
+        run_dir: the run folder.
+        name: the test set's name.
+        settings: `statistics_settings(config)`.
+        steps: the run's step records by step name (read from the folder when None).
+
+    Returns:
+        The `test_sets[name]` entry of `report.json` (see the module docstring).
+
+    Example:
+    ```python
+    read_test_set("saved_models/demo", "sst2-dev", statistics_settings(config))["comparison"]
+    ```
+    """
+    folder = os.path.join(run_dir, TEST_SETS_DIR, name)
+    record = _read_json(os.path.join(folder, TEST_SET_RECORD), {})
+    if steps is None:
+        steps = _steps(lambda *p: os.path.join(run_dir, *p))
+    statuses, logits, labels = {}, {}, None
+    for role, stamp in (record.get("models") or {}).items():
+        current = steps.get(stamp.get("step"), {}).get("token")
+        if current is None or current != stamp.get("token"):
+            statuses[role] = (
+                f"stale: the {ROLE_TITLES.get(role, role)} was trained again after this test set was scored; "
+                f"score it again with kd-tf evaluate {run_dir} --test-file {record.get('file')} --name {name}"
+            )
+        predictions = evaluate.load_predictions(os.path.join(folder, "predictions", f"{role}.npz"))
+        labels, logits[role] = predictions["labels"], predictions["logits"]
+    entry = {
+        "name": name,
+        **{k: record.get(k) for k in ("file", "format", "examples", "columns", "clean", "created")},
     }
-
-
-def _targets(report):
-    """The demo's targets, measured (no tuning on the test set: they are only read)."""
-    m, c = report["models"], report["comparison"]
-    targets = [
-        ("teacher accuracy", m.get("teacher", {}).get("accuracy"), 0.85),
-        ("student accuracy / teacher accuracy", c["student_accuracy_ratio"], 0.97),
-    ]
-    if c["student_minus_baseline_accuracy"] is not None:
-        targets.append(
-            ("student accuracy - label-only student accuracy", c["student_minus_baseline_accuracy"], 0.0)
+    entry["label_mapping"] = record.get("label_mapping")
+    entry["models"], entry["comparison"] = {}, _paired_comparison(None, {}, None, 0.05)
+    if logits:
+        entry["models"], entry["comparison"] = score_test_set(
+            labels, logits, record["label_names"], settings, statuses
         )
-    return [
-        {
-            "name": name,
-            "value": value,
-            "threshold": threshold,
-            "met": None
-            if value is None or not np.isfinite(value)
-            else bool(value > threshold if threshold == 0.0 else value >= threshold),
-        }
-        for name, value, threshold in targets
-    ]
+    return entry
 
 
 # ----------------------------------------------------------------------------
-# Rendering.
+# Writing.
 # ----------------------------------------------------------------------------
-def _fmt(value, kind="float"):
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "–"
-    if kind == "int":
-        return f"{int(value):,}"
-    if kind == "mb":
-        return f"{value / 1e6:.1f} MB"
-    if kind == "ms":
-        return f"{value:.1f}"
-    if kind == "s":
-        return f"{value:.0f}"
-    return f"{value:.4f}"
-
-
-TABLE_COLUMNS = [
-    ("model", None, None),
-    ("accuracy", "accuracy", "float"),
-    ("precision", "precision", "float"),
-    ("recall", "recall", "float"),
-    ("F1", "f1", "float"),
-    ("layers", "layers", "int"),
-    ("parameters", "parameters", "int"),
-    ("SavedModel", "savedmodel_bytes", "mb"),
-    ("TFLite f32", "tflite_bytes", "mb"),
-    ("latency ms (b=1)", "latency_ms", "ms"),
-    ("examples/s", "examples_per_s", "ms"),
-    ("train s", "training_seconds", "s"),
-]
-
-
-def table_rows(report):
-    """The comparison table as rows of strings (header first)."""
-    rows = [[name for name, _, _ in TABLE_COLUMNS]]
-    for role, entry in report["models"].items():
-        rows.append([entry["role"]] + [_fmt(entry.get(key), kind) for _, key, kind in TABLE_COLUMNS[1:]])
-    return rows
-
-
-def print_summary(report):
-    """Prints the comparison table and the targets to the terminal."""
-    rows = table_rows(report)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print(
-            "  ".join(cell.rjust(w) if j else cell.ljust(w) for j, (cell, w) in enumerate(zip(row, widths)))
-        )
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-    for entry in report["models"].values():
-        if entry.get("status"):
-            print(f"{entry['role']}: {entry['status']}")
-    for target in report["targets"]:
-        status = {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
-        print(f"target: {target_text(target)}: {_fmt(target['value'])} ({status})")
-
-
-def target_text(target):
-    """`name >= threshold` (`>` for a gain that must be positive)."""
-    sign = ">" if target["threshold"] == 0.0 else ">="
-    return f"{target['name']} {sign} {target['threshold']}"
-
-
-def render_markdown(report):
-    """`report.md`: the table, the targets, the comparison, the plots, the timings."""
-    rows = table_rows(report)
-    lines = [
-        f"# Distillation report: {report['run_name']}",
-        "",
-        f"Created {report['created']}. Test set: {report['data']['sizes'].get('test', '?')} "
-        f"held-out examples ({report['data']['source']}, sequence length "
-        f"{report['data']['seq_length']}); every quality figure is recomputed from "
-        f"`predictions/*.npz`.",
-        "",
-        "| " + " | ".join(rows[0]) + " |",
-        "|" + "|".join("---" for _ in rows[0]) + "|",
-    ]
-    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    statuses = [(e["role"], e["status"]) for e in report["models"].values() if e.get("status")]
-    if statuses:
-        lines += [""] + [f"- **{role}**: {status}" for role, status in statuses]
-    c = report["comparison"]
-    lines += ["", "## Targets", ""]
-    for t in report["targets"]:
-        status = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
-        lines.append(f"- {target_text(t)}: {_fmt(t['value'])}: {status}")
-    lines += [
-        "",
-        "## Student against teacher",
-        "",
-        f"- accuracy ratio (student / teacher): {_fmt(c['student_accuracy_ratio'])}",
-        f"- accuracy gained by distillation over the label-only student: "
-        f"{_fmt(c['student_minus_baseline_accuracy'])}",
-        f"- parameters: teacher / student = {_fmt(c['size_ratio'])}",
-        f"- batch-1 CPU latency: teacher / student = {_fmt(c['speedup'])}",
-        f"- layers kept: {_fmt(c['layer_ratio'])}",
-    ]
-    agree = {r: e.get("agreement_with_teacher") for r, e in report["models"].items() if r != "teacher"}
-    if agree:
-        lines.append(
-            "- agreement with the teacher's labels: "
-            + ", ".join(f"{ROLE_TITLES.get(r, r)} {_fmt(v)}" for r, v in agree.items())
-        )
-    if report["plots"]:
-        lines += ["", "## Plots", ""]
-        lines += [f"![{name}]({file})" for name, file in report["plots"].items()]
-    if report.get("export"):
-        lines += [
-            "",
-            "## Export",
-            "",
-            "See `export/export_report.md` for every exported "
-            "file, its size, latency and agreement with the Keras student.",
-        ]
-    lines += ["", "## Time per step", ""]
-    lines += [f"- {step}: {_fmt(sec, 's')} s" for step, sec in report["steps"].items() if sec is not None]
-    return "\n".join(lines) + "\n"
-
-
-def plot_report(report, run_dir):
-    """Writes the plots (training curves, accuracy against size and latency); returns names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = {}
-    models = report["models"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for role, entry in models.items():
-        history = entry.get("history") or {}
-        label = entry["role"]
-        # The hard-label part of a distiller's loss is comparable with the others' loss.
-        key = "student_loss" if "student_loss" in history else "loss"
-        for ax, name in ((axes[0], key), (axes[1], "val_accuracy")):
-            if name in history:  # null (a diverged epoch) is a gap in the curve
-                values = [np.nan if v is None else v for v in history[name]]
-                ax.plot(range(1, len(values) + 1), values, "o-", label=label)
-    axes[0].set(title="training cross-entropy on the labels", xlabel="epoch")
-    axes[1].set(title="validation accuracy", xlabel="epoch")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "training_curves.png"), dpi=110)
-    plt.close(fig)
-    files["training curves"] = "training_curves.png"
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for role, entry in models.items():
-        if entry.get("accuracy") is None:
-            continue
-        for ax, key, scale in ((axes[0], "parameters", 1e6), (axes[1], "latency_ms", 1.0)):
-            if entry.get(key) is not None:
-                ax.scatter(entry[key] / scale, entry["accuracy"], s=60)
-                ax.annotate(
-                    entry["role"],
-                    (entry[key] / scale, entry["accuracy"]),
-                    textcoords="offset points",
-                    xytext=(6, 4),
-                )
-    axes[0].set(title="accuracy against size", xlabel="parameters (millions)", ylabel="test accuracy")
-    axes[1].set(title="accuracy against CPU latency", xlabel="batch-1 latency (ms)", ylabel="test accuracy")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "accuracy_vs_size.png"), dpi=110)
-    plt.close(fig)
-    files["accuracy against size and latency"] = "accuracy_vs_size.png"
-    return files
-
-
 def write_report(report, run_dir):
-    """Writes the plots, `report.json` and `report.md` into `run_dir`; returns their paths."""
-    report["plots"] = plot_report(report, run_dir)
+    """Writes the plots, `report.json` and `report.md` into `run_dir`; returns their paths.
+
+    Example:
+    ```python
+    paths = write_report(build_report("saved_models/demo"), "saved_models/demo")
+    paths["markdown"]  # 'saved_models/demo/report.md'
+    ```
+    """
+    from kd_tf.classify import report_plots, report_render
+
+    report["plots"] = report_plots.plot_report(report, run_dir)
     json_path = write_json(os.path.join(run_dir, "report.json"), report)
     md_path = os.path.join(run_dir, "report.md")
     with open(md_path, "w") as f:
-        f.write(render_markdown(report))
+        f.write(report_render.render_markdown(report))
     return {
         "json": json_path,
         "markdown": md_path,
         **{k: os.path.join(run_dir, v) for k, v in report["plots"].items()},
     }
+
+
+def print_summary(report):
+    """Prints the comparison table, the targets and the other test sets to the terminal.
+
+    Example:
+    ```python
+    print_summary(build_report("saved_models/demo"))
+    ```
+    """
+    from kd_tf.classify import report_render
+
+    report_render.print_summary(report)
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "build_report",
+    "print_summary",
+    "read_test_set",
+    "score_test_set",
+    "statistics_settings",
+    "test_set_names",
+    "write_report",
+]

@@ -14,25 +14,30 @@
    size, CPU latency and throughput -> `predictions/`, `evaluation.json`.
 6. `export`:   the distilled student as serving SavedModel, TF-Hub-format
    encoder and TFLite files with mobile metadata -> `export/`.
-7. `report`:   `report.json`, `report.md` and plots, recomputed from the saved
+7. `seeds`:    with `distill.seeds` > 1, steps 3 and 4 again with more seeds,
+   each pair scored on the test split -> `seeds/` (`kd_tf.pipeline.seeds`).
+8. `report`:   `report.json`, `report.md` and plots, recomputed from the saved
    predictions.
 
-The data and its splits come from `classification_data`; fitting (stop on a non-finite loss, best finite
-epoch) from `training`. Training never saves non-finite weights, and no step loads them.
+The data and its splits come from `classification_data`; the students from `students`; fitting (stop on
+a non-finite loss, best finite epoch) from `training`. Training never saves non-finite weights, and no
+step loads them. A finished run is opened again by `kd_tf.pipeline.finished_run` (predictions on new
+texts, scores on other labelled files).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 
 from kd_tf.json_files import strict_json, write_json
-from kd_tf.pipeline.classification_data import data_fingerprint, derived_seed, load_splits, pin_splits
+from kd_tf.pipeline.classification_data import data_fingerprint, load_splits, pin_splits
 from kd_tf.pipeline.run_folder import PipelineError
 
 MODEL_ROLES = ("teacher", "student", "baseline")
+TRAINING_STEPS = {"teacher": "teacher", "student": "distill", "baseline": "baseline"}
+"""The step that trains each model of a run."""
 REPORT_FILES = ("report.json", "report.md")
 
 
@@ -93,7 +98,7 @@ class ClassificationRun:
     ```
     """
 
-    steps = ("teacher", "cache", "distill", "baseline", "evaluate", "export", "report")
+    steps = ("teacher", "cache", "distill", "baseline", "evaluate", "export", "seeds", "report")
 
     def __init__(self, config, folder, verbose=1):
         self.config = config
@@ -102,14 +107,21 @@ class ClassificationRun:
         self._splits = None
         self._handles = None
         self._preprocessor = None
+        self._teacher_logits = None
 
     # -------------------------------------------------------------- checks before anything runs
     def skips(self, step):
-        """Whether the config leaves `step` out (no label-only baseline, no teacher cache)."""
+        """Whether the config leaves `step` out (no label-only baseline, no teacher cache, one seed)."""
         distill = self.config.distill
-        return (step == "baseline" and not distill.baseline) or (
-            step == "cache" and not distill.cache_teacher
+        return (
+            (step == "baseline" and not distill.baseline)
+            or (step == "cache" and not distill.cache_teacher)
+            or (step == "seeds" and distill.seeds == 1)
         )
+
+    def stale(self, step, record):
+        """Whether a finished step's record no longer fits the config: the seeds step of another count."""
+        return step == "seeds" and record.get("seeds") != self.config.distill.seeds
 
     def check(self):
         """Checks what can be checked before the teacher trains: can the student be cut from it?
@@ -137,9 +149,10 @@ class ClassificationRun:
                 f"teacher encoder written by kd-tf; {teacher} is not one. Set student.encoder to a TF Hub "
                 f"handle (e.g. a small BERT), or use a kd-tf teacher (kd-tf:all-MiniLM-L6-v2)."
             )
-        self._check_layers(depth, teacher)
+        self.check_layers(depth, teacher)
 
-    def _check_layers(self, depth, teacher):
+    def check_layers(self, depth, teacher):
+        """Raises PipelineError if `student.init_layers` names a block beyond the teacher's `depth`."""
         layers = self.config.student.init_layers
         if max(layers) >= depth:
             raise PipelineError(
@@ -172,14 +185,15 @@ class ClassificationRun:
             self._preprocessor = HubPreprocessor(self.handles[1], seq_length=self.config.data.seq_length)
         return self._preprocessor
 
-    def dataset(self, data, shuffle=False, **kwargs):
-        """`kd_tf.classify.make_dataset` with the run's batch size, bucketing and seed."""
+    def dataset(self, data, shuffle=False, seed=None, **kwargs):
+        """`kd_tf.classify.make_dataset` with the run's tokenizer, batch size, bucketing and seed."""
         from kd_tf import classify as data_lib
 
         d = self.config.data
         kwargs.setdefault("bucketing", d.bucketing)
+        seed = self.config.seed if seed is None else seed
         return data_lib.make_dataset(
-            data, self.preprocessor, batch_size=d.batch_size, shuffle=shuffle, seed=self.config.seed, **kwargs
+            data, self.preprocessor, batch_size=d.batch_size, shuffle=shuffle, seed=seed, **kwargs
         )
 
     def _callbacks(self, name):
@@ -208,32 +222,53 @@ class ClassificationRun:
             )
         return model
 
-    def _jit(self):
+    def jit(self):
+        """`distill.jit_compile` as the Distiller takes it ("auto", True or False)."""
         return {"auto": "auto", "on": True, "off": False}[self.config.distill.jit_compile]
 
-    def _jit_for_keras(self):
+    def jit_for_keras(self):
+        """`distill.jit_compile` resolved for `keras.Model.compile` (True or False)."""
         from kd_tf.distill import resolve_jit_compile
 
-        return resolve_jit_compile(self._jit())
+        return resolve_jit_compile(self.jit())
 
-    def _fit(self, role, trainer, model, train_ds, patience, section):
-        """Fits `trainer` (`model` itself or a Distiller), keeps `model`'s best finite epoch, saves it
-        with its history under `role/` (set aside first: a divergence keeps the previous one)."""
+    def fit(self, trainer, model, train_ds, patience, section, what, log_name):
+        """Fits `trainer` (`model` itself or a Distiller) and leaves `model` with its best finite epoch.
+
+        Args:
+            trainer: what `fit()` is called on.
+            model: the model whose weights are kept.
+            train_ds: the training `tf.data.Dataset`.
+            patience: epochs without validation gain before stopping.
+            section: the config section of its settings (`"teacher"` or `"student"`).
+            what: the model in words, for messages.
+            log_name: its TensorBoard folder under `logs/`.
+
+        Returns:
+            A `kd_tf.pipeline.training.FitResult`.
+        """
         from kd_tf.pipeline import training
 
-        what = "the teacher" if role == "teacher" else f"the {role} student"
         lr = getattr(self.config, section).learning_rate
-        result = training.fit_keep_best(
+        return training.fit_keep_best(
             trainer,
             model,
             train_ds,
             self.dataset(self.splits["validation"]),
             epochs=getattr(self.config, section).epochs,
             patience=patience,
-            callbacks=self._callbacks(role),
+            callbacks=self._callbacks(log_name),
             verbose=self.verbose,
             what=what,
             hint=f"lower {section}.learning_rate (now {lr:g}) or raise {section}.warmup_fraction",
+        )
+
+    def _save(self, role, model, result):
+        """Saves `model` with its history under `role/` (the previous one set aside first)."""
+        from kd_tf.pipeline import training
+
+        what = {"teacher": "the teacher", "student": "the distilled student"}.get(
+            role, "the label-only student"
         )
         self.folder.set_aside([role] + (["student_init"] if role == "teacher" else []))
         os.makedirs(self.folder.path(role))
@@ -255,6 +290,7 @@ class ClassificationRun:
         from kd_tf.pipeline import training
 
         t, d = self.config.teacher, self.config.data
+        self._teacher_logits = None  # of the teacher being replaced
         keras.utils.set_random_seed(self.config.seed)
         splits = self.splits
         model = models.build_classifier(
@@ -270,10 +306,13 @@ class ClassificationRun:
             optimizer=training.optimizer(t.learning_rate, t.weight_decay, t.warmup_fraction, total),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=self._jit_for_keras(),
+            jit_compile=self.jit_for_keras(),
         )
         train_ds = self.dataset(splits["train"], shuffle=True)
-        details = self._fit("teacher", model, model, train_ds, t.early_stopping_patience, "teacher")
+        result = self.fit(
+            model, model, train_ds, t.early_stopping_patience, "teacher", "the teacher", "teacher"
+        )
+        details = self._save("teacher", model, result)
         encoder = models.find_encoder(model)
         hub_dir = self.folder.path("teacher", "hub_encoder")
         if os.path.exists(os.path.join(encoder.handle, hub_format.METADATA_FILE)):
@@ -284,7 +323,7 @@ class ClassificationRun:
             hub_dir = None
         return {**details, "hub_encoder": hub_dir}
 
-    def _train_set(self):
+    def train_set(self):
         """Labelled training texts plus the transfer set (labelled -1), in a fixed order."""
         splits = self.splits
         if splits["transfer"] is None:
@@ -292,7 +331,7 @@ class ClassificationRun:
         return splits["train"].add_unlabeled(splits["transfer"])
 
     def teacher_logits(self):
-        """The teacher's logits over `_train_set()`, from its cache (computed if missing).
+        """The teacher's logits over `train_set()`, from its cache (computed if missing).
 
         Returns:
             `(cache key, logits [N, C] numpy array)` in the order of the texts.
@@ -302,7 +341,9 @@ class ClassificationRun:
         """
         from kd_tf.distill import TeacherCache
 
-        data = self._train_set()
+        if self._teacher_logits is not None:
+            return self._teacher_logits
+        data = self.train_set()
         cache = TeacherCache(
             self.folder.path("teacher_cache"),
             self.load_model("teacher"),
@@ -318,98 +359,24 @@ class ClassificationRun:
                 f"the teacher's cached logits ({cache.path(key)}) are not finite for {bad} of "
                 f"{len(logits)} texts; delete that folder and rerun the teacher step with --force."
             )
+        self._teacher_logits = key, logits
         return key, logits
 
     def step_cache(self):
         key, logits = self.teacher_logits()
         return {"key": key, "examples": int(logits.shape[0])}
 
-    def _student_init(self):
-        """The student encoder handle: given, or cut from the fine-tuned teacher."""
-        from kd_tf.bert import hub_format
-
-        s = self.config.student
-        if s.encoder is not None:
-            return s.encoder
-        teacher_hub = (self.folder.record("teacher") or {}).get("hub_encoder")
-        if not teacher_hub:
-            raise PipelineError(
-                "student.init_layers needs a teacher encoder written by kd-tf; with a published "
-                "TF Hub teacher set student.encoder to a TF Hub handle (e.g. a small BERT)."
-            )
-        path = self.folder.path("student_init")
-        if not os.path.exists(os.path.join(path, "saved_model.pb")):
-            shutil.rmtree(path, ignore_errors=True)
-            depth = hub_format.read_encoder_metadata(teacher_hub)["config"]["num_layers"]
-            self._check_layers(depth, teacher_hub)
-            hub_format.write_student_from_teacher(teacher_hub, path, layers=s.init_layers)
-        return path
-
-    def _new_student(self, name):
-        """The student encoder with a new head (the same initialisation for both students)."""
-        import keras
-
-        from kd_tf.classify import models
-
-        s = self.config.student
-        init = self._student_init()
-        keras.utils.set_random_seed(derived_seed(self.config.seed, 7))
-        # Every hub.load restores new variables: the two students share nothing.
-        return models.build_classifier(
-            init,
-            len(self.splits["label_names"]),
-            pooling=s.pooling,
-            dropout=s.dropout,
-            freeze_word_embeddings=s.freeze_word_embeddings,
-            name=name,
-        )
-
-    def _student_optimizer(self, examples):
-        from kd_tf.pipeline import training
-
-        s, d = self.config.student, self.config.data
-        total = training.steps_per_epoch(examples, d.batch_size) * s.epochs
-        return training.optimizer(s.learning_rate, s.weight_decay, s.warmup_fraction, total)
-
     def step_distill(self):
-        import keras
+        from kd_tf.pipeline import students
 
-        from kd_tf.distill import Distiller
-
-        k = self.config.distill
-        student = self._new_student("student")
-        data = self._train_set()
-        teacher = None if k.cache_teacher else self.load_model("teacher")
-        if k.cache_teacher:
-            _, logits = self.teacher_logits()
-            train_ds = self.dataset(data, shuffle=True, teacher_outputs={"logits": logits})
-        else:
-            train_ds = self.dataset(data, shuffle=True)
-        distiller = Distiller(student=student, teacher=teacher)
-        distiller.compile(
-            optimizer=self._student_optimizer(len(data)),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            distillation_loss_fn=k.loss,
-            alpha=k.alpha,
-            temperature=k.temperature,
-            jit_compile=self._jit(),
-        )
-        # Students never stop early (patience = epochs); the best epoch's weights are kept.
-        return self._fit("student", distiller, student, train_ds, self.config.student.epochs, "student")
+        student, result = students.train_distilled(self, self.config.seed)
+        return self._save("student", student, result)
 
     def step_baseline(self):
-        import keras
+        from kd_tf.pipeline import students
 
-        splits = self.splits
-        student = self._new_student("baseline")
-        student.compile(
-            optimizer=self._student_optimizer(len(splits["train"])),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=self._jit_for_keras(),
-        )
-        train_ds = self.dataset(splits["train"], shuffle=True)
-        return self._fit("baseline", student, student, train_ds, self.config.student.epochs, "student")
+        baseline, result = students.train_baseline(self, self.config.seed)
+        return self._save("baseline", baseline, result)
 
     def roles(self):
         """The models this run trains and evaluates."""
@@ -479,6 +446,11 @@ class ClassificationRun:
             variants=tuple(self.config.export.variants),
         )
         return {"files": strict_json(result)}
+
+    def step_seeds(self):
+        from kd_tf.pipeline import seeds
+
+        return seeds.train_seeds(self)
 
     def step_report(self):
         from kd_tf.classify import report

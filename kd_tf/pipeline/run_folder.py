@@ -220,6 +220,14 @@ class RunFolder:
         self._marker["set_aside"] = True
         self._write_marker(self._marker)
 
+    def previous(self, name):
+        """Where the running step's previous `name` lies since `set_aside`, or None if it had none.
+
+        A step may copy what it can reuse from there (the outputs stay there until the step finishes).
+        """
+        path = self._aside(self._marker["step"], name)
+        return path if os.path.lexists(path) else None
+
     def finish(self, step, seconds, forget=(), **details):
         """Records `step` as finished (its outputs are in place) and drops its previous outputs.
 
@@ -307,8 +315,10 @@ class RunFolder:
         if os.path.exists(path) and self.has_finished_steps():
             previous = config_lib.config_to_dict(config_lib.load_config(path))
             changed = _changed_keys(previous, config_lib.config_to_dict(self.config))
-            # Export and evaluation settings do not change trained models.
-            trained = [k for k in changed if not k.startswith(("export.", "evaluate."))]
+            # Export and evaluation settings, and the number of seeds, do not change trained models.
+            trained = [
+                k for k in changed if not k.startswith(("export.", "evaluate.")) and k != "distill.seeds"
+            ]
             if trained:
                 raise PipelineError(
                     f"{self.root} holds a run with another config ({', '.join(trained)} "

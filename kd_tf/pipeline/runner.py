@@ -5,7 +5,8 @@ only drives them, knowing no task: it holds the run's lock, repairs what a kille
 run folder against the config, lets the task check what it can before anything trains, skips finished
 steps (unless forced), refuses a step whose earlier steps have not finished, and records a step once it
 finished. A task class has `steps` (names in order), `skips(step)`, `check()` and one
-`step_<name>()` method per step that returns the details of its record.
+`step_<name>()` method per step that returns the details of its record; it may have `stale(step, record)`,
+true when a finished step's record no longer fits the config (the step then runs again).
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ class Pipeline:
             self.task.check()
             return self._run(steps, force)
 
+    def _stale(self, step, record):
+        stale = getattr(self.task, "stale", None)
+        return bool(stale and stale(step, record))
+
     def _run(self, steps, force):
         active = [s for s in self.steps if not self.task.skips(s)]
         records, missing = {}, None
@@ -111,7 +116,7 @@ class Pipeline:
                     f"the {step} step needs the {missing} step, which has not finished in "
                     f"{self.folder.root}. Run it first (`kd-tf run` runs every step that has not finished)."
                 )
-            if previous is not None and step not in force:
+            if previous is not None and step not in force and not self._stale(step, previous):
                 _log(f"[{step}] done before ({previous['seconds']:.1f} s), reusing")
                 records[step] = previous
                 continue
