@@ -13,39 +13,7 @@ import sys
 import time
 
 import kd_tf
-
-
-def _quiet_tensorflow():
-    """Silences TensorFlow's C++ and Python start-up noise.
-
-    TensorFlow's native libraries print to file descriptor 2 while they load,
-    before any log level applies, so stderr is pointed at /dev/null for the
-    imports only.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-        import tensorflow_text  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-    import logging
-    import warnings
-
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    # Keras's notes on tf.data input (already shuffled, unknown length) are noise here.
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"keras\.")
-    try:
-        import absl.logging
-
-        absl.logging.set_verbosity(absl.logging.ERROR)
-    except ImportError:
-        pass
+from kd_tf import cli_args
 
 
 def _convert_hf_bert(args):
@@ -83,28 +51,21 @@ def _inspect(args):
         print(f"[{i}] {tokens:3d} tokens, cosine to each text: {sims}  {text!r}")
 
 
-def _repo_config(name):
-    """A ready config shipped in the checkout's `configs/` folder."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(here, "configs", name)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: run kd-tf from a kd-tf checkout, or pass --config.")
-    return path
-
-
-def _pipeline(args, steps, default_config=None):
+def _pipeline(args, steps, default_config=None, task=None):
     from kd_tf import config as config_lib
     from kd_tf import pipeline
 
-    path = args.config or (default_config and _repo_config(default_config))
+    path = args.config or (default_config and cli_args.repo_config(default_config))
     overrides = list(args.set or [])
     if getattr(args, "seeds", None) is not None:
         overrides.append(f"distill.seeds={args.seeds}")
     config = config_lib.load_config(path, overrides)
-    runner = pipeline.Pipeline(config, verbose=1 if sys.stdout.isatty() else 2)
+    runner = pipeline.Pipeline(config, verbose=1 if sys.stdout.isatty() else 2, task=task)
+    steps = runner.steps if steps is None else steps
     start = time.perf_counter()
-    # --force reruns the command's own steps; missing prerequisites run anyway.
-    own = [s for s in steps if s != "teacher"] if args.command == "distill" else steps
+    # --force reruns the command's own steps (a sweep's: not the teacher's); missing prerequisites run anyway.
+    mine = {"distill": ("teacher",), "sweep": ("teacher", "cache")}.get(args.command, ())
+    own = [s for s in steps if s not in mine]
     records = runner.run(steps, force=own if args.force else (), fresh=args.fresh)
     print(f"run folder: {config.run_dir}")
     print(
@@ -187,6 +148,24 @@ def _predict(args):
             print(f"  {ROLE_TITLES.get(role, role).ljust(width)}  {names[int(p.argmax())]}  ({shown})")
 
 
+def _sweep(args):
+    """`kd-tf sweep --config C.yaml [--shapes]`: the compression sweep (kd_tf.pipeline.sweep), or its
+    students' sizes and speed before training (kd_tf.pipeline.shapes)."""
+    from kd_tf.pipeline import SweepRun
+
+    if not args.shapes:
+        return _pipeline(args, None, task=SweepRun)
+    if args.force or args.fresh:
+        raise ValueError("--shapes trains nothing and records no step: drop --force and --fresh.")
+    from kd_tf import config as config_lib
+    from kd_tf.classify import report_sweep
+    from kd_tf.pipeline import shapes
+
+    config = config_lib.load_config(args.config, args.set or [])
+    report_sweep.print_rows(report_sweep.shapes_rows(shapes.measure_shapes(config)))
+    print(f"table: {os.path.join(config.run_dir, shapes.SHAPES_DIR, 'shapes.md')}")
+
+
 def _report(args):
     from kd_tf.classify import report
 
@@ -194,26 +173,6 @@ def _report(args):
     paths = report.write_report(built, args.run_dir)
     report.print_summary(built)
     print(f"report: {paths['markdown']}")
-
-
-def _add_run_options(p, config_required=True):
-    p.add_argument("--config", required=config_required, help="YAML run config (see configs/)")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set teacher.epochs=1 (repeatable)",
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="rerun the steps even if they finished before (their last outputs stay until a rerun succeeds)",
-    )
-    p.add_argument(
-        "--fresh",
-        action="store_true",
-        help="delete the run folder first and start from nothing (only a kd-tf run folder in output_dir)",
-    )
 
 
 def _export(args):
@@ -228,6 +187,9 @@ def _export(args):
         if args.calibration_file
         else None
     )
+    teacher = args.teacher and checks.load_student(
+        args.teacher, allow_remote_handles=args.allow_remote_handles
+    )
     report = export.export_student(
         student,
         args.out_dir,
@@ -240,6 +202,8 @@ def _export(args):
         metadata=not args.no_metadata,
         allow_untrained=args.allow_untrained,
         latency_runs=args.latency_runs,
+        teacher=teacher or None,
+        teacher_preprocessor=args.teacher_preprocessor,
         verbose=True,
     )
     for variant, result in report.tflite.items():
@@ -247,6 +211,11 @@ def _export(args):
             f"{result['path']}: {result['size_bytes'] / 1e6:.2f} MB, label "
             f"agreement {result['label_agreement']:.2%}, "
             f"{result['latency_ms']['1']:.2f} ms at batch 1"
+        )
+    for variant, ratio in report.like_for_like.items():
+        print(
+            f"{variant} against the teacher's {variant}: {ratio['size_ratio']:.3f} of its bytes, "
+            f"{ratio['speedup']['1']:.2f}x faster at 1 thread"
         )
     print(f"report: {os.path.join(report.out_dir, export.REPORT_MARKDOWN)}")
 
@@ -361,6 +330,12 @@ def build_parser():
         help="load a student whose encoder or preprocessor handle is a URL or a published TF Hub/Kaggle "
         "name: loading runs that model's code (see docs/security.md); refused without this flag",
     )
+    p.add_argument(
+        "--teacher",
+        help="the teacher's .keras file: converted to the same float32 and dynamic-int8 .tflite variants and "
+        "timed in turns with the student's, for like-for-like sizes and speed-ups in the report",
+    )
+    p.add_argument("--teacher-preprocessor", help="the teacher's preprocessor (default: the student's)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser(
@@ -424,7 +399,7 @@ def build_parser():
                 f"run folder are reused; --force reruns them."
             ),
         )
-        _add_run_options(p, config_required=default is None)
+        cli_args.add_run_options(p, config_required=default is None)
         if name in ("demo", "run"):
             p.add_argument(
                 "--seeds",
@@ -434,6 +409,24 @@ def build_parser():
                 "finished run only the new seeds train, and the report gives mean and standard deviation",
             )
         p.set_defaults(func=lambda a, s=steps, d=default: _pipeline(a, s, d))
+
+    p = sub.add_parser(
+        "sweep",
+        help="compression sweep: several students of one teacher, compared like for like",
+        description="Run the compression sweep of a config's sweep.students: the teacher and its cached "
+        "logits once, then each student (cut, sliced narrower, vocabulary pruned) distilled, trained on "
+        "labels alone and measured with the teacher's .tflite files in turns, one step each (a killed "
+        "sweep resumes at the next unfinished student); then RUN_DIR/sweep/report.md with the Pareto plot "
+        "of accuracy against int8 size and latency. --force reruns the students, not the teacher.",
+    )
+    cli_args.add_run_options(p)
+    p.add_argument(
+        "--shapes",
+        action="store_true",
+        help="train nothing: cut each student from the pretrained teacher and measure its float32 and int8 "
+        ".tflite bytes and LiteRT latency against the teacher's, like for like (RUN_DIR/sweep_shapes/)",
+    )
+    p.set_defaults(func=_sweep)
 
     p = sub.add_parser(
         "evaluate",
@@ -447,7 +440,7 @@ def build_parser():
     p.add_argument(
         "run_dir", nargs="?", help="a finished run folder (with --test-file), e.g. saved_models/demo"
     )
-    _add_run_options(p, config_required=False)
+    cli_args.add_run_options(p, config_required=False)
     p.add_argument(
         "--test-file", help="a labelled .csv, .tsv or .jsonl file with a header to score the models on"
     )
@@ -508,7 +501,7 @@ def main(argv=None):
         parser.print_help()
         return 0
     if not args.debug:
-        _quiet_tensorflow()
+        cli_args.quiet_tensorflow()
     try:
         args.func(args)
     except KeyboardInterrupt:

@@ -24,17 +24,16 @@ student:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import typing
 from typing import Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value is unknown, of the wrong type or impossible."""
-
+from kd_tf import config_parse
+from kd_tf.config_parse import ConfigError, apply_overrides
+from kd_tf.config_parse import field as _field
+from kd_tf.config_students import check_student_shape, check_sweep, check_vocabulary, fail, sweep_student
 
 # Checks of values: (predicate, what a valid value is).
 _positive = (lambda v: v >= 1, "must be >= 1")
@@ -49,16 +48,21 @@ _resamples = (lambda v: 100 <= v <= 1_000_000, "must be in [100, 1000000]")
 _confidence = (lambda v: 0.5 <= v < 1.0, "must be in [0.5, 1)")
 _significance = (lambda v: 0.0 < v <= 0.5, "must be in (0, 0.5]")
 
-TEACHER_LAYERS = {"kd-tf:all-MiniLM-L6-v2": 6}
-"""Depths of teachers known without loading them: `student.init_layers` is checked against them when
-the config is read (other teachers are checked before the run starts, or when the student is cut)."""
+_coverage = (lambda v: 0.0 < v <= 1.0, "must be in (0, 1]")
 
-
-def _field(default, doc, check=None, choices=None, default_factory=None):
-    metadata = {"doc": doc, "check": check, "choices": choices}
-    if default_factory is not None:
-        return dataclasses.field(default_factory=default_factory, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+TEACHER_SHAPES = {
+    "kd-tf:all-MiniLM-L6-v2": {
+        "num_layers": 6,
+        "hidden_size": 384,
+        "num_heads": 12,
+        "intermediate_size": 1536,
+    }
+}
+"""Shapes of teachers known without loading them: a student's layers and sizes are checked against them
+when the config is read (other kd-tf teachers are checked before the run starts, with `check_student_shape`
+on the sizes their folder records)."""
+TEACHER_LAYERS = {name: shape["num_layers"] for name, shape in TEACHER_SHAPES.items()}
+"""Depths of the teachers of `TEACHER_SHAPES`."""
 
 
 @dataclasses.dataclass
@@ -129,6 +133,23 @@ class TeacherConfig:
 
 
 @dataclasses.dataclass
+class VocabularyConfig:
+    """A student vocabulary pruned to the wordpieces of the run's training texts (`kd_tf.bert.vocabulary`)."""
+
+    top_k: Optional[int] = _field(
+        None,
+        "keep the top_k most frequent wordpieces of the training texts; every single-character piece and "
+        "what keeps each word splittable are kept too (about 1,900 more with the uncased BERT vocabulary)",
+        check=_positive,
+    )
+    coverage: Optional[float] = _field(
+        None,
+        "or keep the fewest most frequent wordpieces that cover this fraction of the counted ones",
+        check=_coverage,
+    )
+
+
+@dataclasses.dataclass
 class StudentConfig:
     """The small model that learns from the teacher."""
 
@@ -142,6 +163,32 @@ class StudentConfig:
         "teacher blocks copied into the student, e.g. [1, 4]: distinct indices from 0",
         check=_non_negative,
         default_factory=lambda: [1, 4],
+    )
+    hidden_size: Optional[int] = _field(
+        None,
+        "width of a student sliced from the teacher's blocks by measured importance "
+        "(kd_tf.bert.write_narrow_student); null = the teacher's width (whole blocks copied)",
+        check=_positive,
+    )
+    num_heads: Optional[int] = _field(
+        None,
+        "attention heads of a narrow student; null = whole teacher heads when hidden_size is a multiple of "
+        "the teacher's head size, else all the teacher's heads, each narrower",
+        check=_positive,
+    )
+    intermediate_size: Optional[int] = _field(
+        None,
+        "feed-forward width of a narrow student; null = the teacher's ratio (4 x hidden_size)",
+        check=_positive,
+    )
+    calibration_texts: int = _field(
+        64, "training texts on which a narrow student's slicing measures the teacher's units", check=_positive
+    )
+    vocabulary: Optional[VocabularyConfig] = _field(
+        None,
+        "prune the student's vocabulary to the run's training texts ({top_k: 8000} or {coverage: 0.99}); "
+        "the student then has its own preprocessor (training, evaluation and export use it; the teacher's "
+        "cached logits are per text and stay as they are). null = the teacher's vocabulary",
     )
     pooling: str = _field("pooled", "pooled, cls or mean", choices=("pooled", "cls", "mean"))
     dropout: float = _field(0.1, "dropout before the classification head", check=_fraction)
@@ -176,6 +223,19 @@ class DistillConfig:
         check=_seeds,
     )
     jit_compile: str = _field("auto", "auto (on for GPU/TPU only), on or off", choices=("auto", "on", "off"))
+    hidden_states: bool = _field(
+        False,
+        "also match each student layer's hidden states to the teacher block it was cut from "
+        "(kd_tf.distill.FeatureMatch per real token; a narrow student's projections start from its slicing, "
+        "kd_tf.bert.narrow_projection). The teacher then runs live in every step: cached logits carry no "
+        "hidden states",
+    )
+    hidden_state_weight: float = _field(
+        1.0, "weight of the hidden-state loss, added outside (1 - alpha)", check=_above_zero
+    )
+    hidden_state_loss: str = _field(
+        "mse", "mse or cosine (1 - cosine similarity), per real token", choices=("mse", "cosine")
+    )
 
 
 @dataclasses.dataclass
@@ -195,7 +255,15 @@ class ExportConfig:
 class EvaluateConfig:
     """How models are measured."""
 
-    latency_runs: int = _field(30, "batch-1 runs whose median is the latency", check=_positive)
+    latency_runs: int = _field(
+        30, "batch-1 runs whose median is the latency (Keras; LiteRT: per round)", check=_positive
+    )
+    latency_rounds: int = _field(
+        3,
+        "rounds in which every model's .tflite files take turns (latency_runs calls each); a figure is the "
+        "model's best round median, so a burst of other work on a shared machine slows no model alone",
+        check=_positive,
+    )
     throughput_examples: int = _field(128, "examples timed for examples/s", check=_positive)
     bootstrap_resamples: int = _field(
         2000,
@@ -212,6 +280,40 @@ class EvaluateConfig:
 
 
 @dataclasses.dataclass
+class SweepStudentConfig:
+    """One student of a compression sweep: its shape. The keys it leaves null come from `student`."""
+
+    name: str = _field("", "the student's name and folder, sweep/<name>/ (letters, digits, '.', '_', '-')")
+    init_layers: Optional[typing.List[int]] = _field(
+        None, "teacher blocks it starts from, e.g. [1, 3, 5]; or num_layers", check=_non_negative
+    )
+    num_layers: Optional[int] = _field(
+        None,
+        "its depth: the teacher blocks are spread as kd_tf.distill.layer_map spreads them (6 -> 3: 1, 3, 5)",
+        check=_positive,
+    )
+    hidden_size: Optional[int] = _field(None, "its width (see student.hidden_size)", check=_positive)
+    num_heads: Optional[int] = _field(None, "its attention heads (see student.num_heads)", check=_positive)
+    intermediate_size: Optional[int] = _field(
+        None, "its feed-forward width (see student.intermediate_size)", check=_positive
+    )
+    vocabulary: Optional[VocabularyConfig] = _field(None, "its pruned vocabulary (see student.vocabulary)")
+
+
+@dataclasses.dataclass
+class SweepConfig:
+    """A compression sweep (`kd-tf sweep`): several students distilled from one teacher and its logits."""
+
+    students: typing.List[SweepStudentConfig] = _field(
+        None,
+        "the students to compare: [{name, init_layers or num_layers, hidden_size, num_heads, "
+        "intermediate_size, vocabulary}, ...]; each is distilled, trained on labels alone and measured like "
+        "for like, in its own step",
+        default_factory=list,
+    )
+
+
+@dataclasses.dataclass
 class RunConfig:
     """One run: `saved_models/<run_name>/` holds everything it writes."""
 
@@ -224,119 +326,43 @@ class RunConfig:
     distill: DistillConfig = _field(None, "distillation", default_factory=DistillConfig)
     export: ExportConfig = _field(None, "export", default_factory=ExportConfig)
     evaluate: EvaluateConfig = _field(None, "evaluation", default_factory=EvaluateConfig)
+    sweep: SweepConfig = _field(None, "compression sweep", default_factory=SweepConfig)
 
     @property
     def run_dir(self):
         return os.path.join(self.output_dir, self.run_name)
 
 
-# ----------------------------------------------------------------------------
-# Checking.
-# ----------------------------------------------------------------------------
-def _type_name(tp):
-    origin = typing.get_origin(tp)
-    if origin is typing.Union:
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin in (list, typing.List):
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    return {
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        bool: "true/false",
-        type(None): "null",
-    }.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _coerce(value, tp, key):
-    """Returns `value` as type `tp` or raises ConfigError naming `key`."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Union:
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}.")
-    if origin in (list, typing.List):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}.")
-        (item,) = typing.get_args(tp)
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}.")
-        return _build(tp, value, key + ".")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ConfigError(f"{key}: {value!r} is not a finite number; give a finite value.")
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}.")
-
-
-def _build(cls, values, prefix=""):
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        import difflib
-
-        key = unknown[0]
-        close = difflib.get_close_matches(key, list(fields), n=1)
-        hint = f" Did you mean {prefix}{close[0]}?" if close else ""
-        raise ConfigError(
-            f"{prefix}{key}: unknown key.{hint} Known keys: {', '.join(prefix + k for k in fields)}."
-        )
-    kwargs = {}
-    for name, value in values.items():
-        key = prefix + name
-        f = fields[name]
-        value = _coerce(value, hints[name], key)
-        choices, check = f.metadata.get("choices"), f.metadata.get("check")
-        if value is not None and choices and value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}.")
-        if (
-            value is not None
-            and check
-            and not all(check[0](v) for v in (value if isinstance(value, list) else [value]))
-        ):
-            raise ConfigError(f"{key}: {value!r} is impossible: it {check[1]} ({f.metadata['doc']}).")
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
 def _cross_checks(config):
     if config.data.source in ("aclimdb", "table") and not config.data.path:
         raise ConfigError(f"data.path: the {config.data.source} source needs a path.")
-    layers = config.student.init_layers
-    if config.student.encoder is None and not layers:
+    s = config.student
+    if s.encoder is None and not s.init_layers:
         raise ConfigError(
             "student.init_layers: give the teacher layers to copy, or set student.encoder to a TF Hub handle."
         )
-    if layers and len(set(layers)) != len(layers):
-        repeated = sorted({i for i in layers if layers.count(i) > 1})
-        raise ConfigError(f"student.init_layers: {layers} repeats {repeated}; give each teacher block once.")
-    depth = TEACHER_LAYERS.get(config.teacher.encoder)
-    if config.student.encoder is None and layers and depth is not None and max(layers) >= depth:
-        raise ConfigError(
-            f"student.init_layers: {layers} names block {max(layers)}, but the teacher "
-            f"{config.teacher.encoder} has {depth} blocks (0..{depth - 1})."
+    cut = [
+        k
+        for k in ("hidden_size", "num_heads", "intermediate_size", "vocabulary")
+        if getattr(s, k) is not None
+    ]
+    if s.encoder is not None and cut:
+        fail(
+            f"student.{cut[0]}",
+            "only a student cut from the teacher is sliced narrower or given a pruned vocabulary; set "
+            f"student.encoder: null, or drop student.{cut[0]}.",
         )
+    if s.encoder is not None and config.distill.hidden_states:
+        fail(
+            "distill.hidden_states",
+            "each student layer is matched to the teacher block it was cut from (student.init_layers), so "
+            "the student must be cut from the teacher: set student.encoder: null, or distill.hidden_states: "
+            "false.",
+        )
+    check_vocabulary(s.vocabulary, "student.vocabulary")
+    teacher = config.teacher.encoder
+    check_student_shape(s, TEACHER_SHAPES.get(teacher) if s.encoder is None else None, teacher)
+    check_sweep(config, TEACHER_SHAPES.get(teacher))
     name = config.run_name
     if name in ("", ".", "..") or any(c in name for c in ("/", "\\", "\0")) or os.sep in name:
         raise ConfigError(
@@ -366,67 +392,12 @@ def config_from_dict(values):
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"a run config is a mapping of keys, got {values!r}.")
-    return _cross_checks(_build(RunConfig, values))
+    return _cross_checks(config_parse.build(RunConfig, values))
 
 
 def config_to_dict(config):
     """The config as plain nested dicts (what `save_config` writes)."""
     return dataclasses.asdict(config)
-
-
-def apply_overrides(values, overrides):
-    """Applies `key=value` overrides (YAML values, dotted keys) to nested dicts.
-
-    Args:
-        values: nested dicts, e.g. read from YAML.
-        overrides: strings like `"teacher.epochs=1"` or `"student.init_layers=[0, 5]"`.
-
-    Returns:
-        A new nested dict.
-
-    Raises:
-        ConfigError: if an override is not `key=value`.
-
-    Example:
-    ```python
-    apply_overrides({"teacher": {"epochs": 2}}, ["teacher.epochs=1"])  # {'teacher': {'epochs': 1}}
-    ```
-    """
-    import copy
-
-    values = copy.deepcopy(values or {})
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: write key=value, e.g. teacher.epochs=1.")
-        key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = values
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {part} is not a section.")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
-    return values
-
-
-def _refuse_duplicate_keys(node, path, prefix=""):
-    """Raises ConfigError for a key written twice in one mapping (YAML would keep the last silently)."""
-    if isinstance(node, yaml.MappingNode):
-        lines = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            line = key_node.start_mark.line + 1
-            if key is not None and key in lines:
-                raise ConfigError(
-                    f"{path}: {prefix}{key} is written twice (lines {lines[key]} and {line}); "
-                    f"YAML would keep only the second. Delete one of them."
-                )
-            if key is not None:
-                lines[key] = line
-            _refuse_duplicate_keys(value_node, path, f"{prefix}{key}." if key is not None else prefix)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _refuse_duplicate_keys(item, path, prefix)
 
 
 def load_config(path=None, overrides=()):
@@ -453,7 +424,7 @@ def load_config(path=None, overrides=()):
         try:
             with open(path) as f:
                 text = f.read()
-            _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), path)
+            config_parse.refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), path)
             values = yaml.safe_load(text) or {}
         except FileNotFoundError as e:
             raise ConfigError(f"{path}: no such config file.") from e
@@ -489,13 +460,36 @@ def save_config(config, path):
 
 
 def describe_fields(cls=RunConfig, prefix=""):
-    """Lines `key: doc` for every field: the documentation of the YAML keys."""
-    lines = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            lines += describe_fields(tp, prefix + f.name + ".")
-        else:
-            lines.append(f"{prefix}{f.name}: {f.metadata['doc']}")
-    return lines
+    """Lines `key: doc` for every field: the documentation of the YAML keys.
+
+    Example:
+    ```python
+    [line for line in describe_fields() if line.startswith("student.hidden_size")]
+    ```
+    """
+    return config_parse.describe_fields(cls, prefix)
+
+
+__all__ = [
+    "TEACHER_LAYERS",
+    "TEACHER_SHAPES",
+    "ConfigError",
+    "DataConfig",
+    "DistillConfig",
+    "EvaluateConfig",
+    "ExportConfig",
+    "RunConfig",
+    "StudentConfig",
+    "SweepConfig",
+    "SweepStudentConfig",
+    "TeacherConfig",
+    "VocabularyConfig",
+    "apply_overrides",
+    "check_student_shape",
+    "config_from_dict",
+    "config_to_dict",
+    "describe_fields",
+    "load_config",
+    "save_config",
+    "sweep_student",
+]

@@ -9,7 +9,10 @@ from kd_tf import config as config_lib
 from kd_tf.config import ConfigError, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = [os.path.join(REPO, "configs", name) for name in ("demo.yaml", "imdb_bert_base_to_small_bert.yaml")]
+CONFIGS = [
+    os.path.join(REPO, "configs", name)
+    for name in ("demo.yaml", "imdb_bert_base_to_small_bert.yaml", "sweep_demo.yaml")
+]
 
 
 @pytest.mark.parametrize("path", CONFIGS)
@@ -29,6 +32,9 @@ def test_demo_config_values():
     assert config.teacher.encoder == "kd-tf:all-MiniLM-L6-v2"
     assert config.teacher.pooling == "mean"
     assert config.student.init_layers == [1, 4]
+    # The phone-sized student: H256 (0.19 of the teacher's int8 bytes, ~6x faster: docs/compression.md).
+    assert (config.student.hidden_size, config.student.vocabulary.top_k) == (256, 8000)
+    assert config.sweep.students == []
     assert config.data.source == "movie_reviews"
     assert config.run_dir == os.path.join("saved_models", "demo")
 
@@ -109,7 +115,8 @@ def test_extreme_valid_values_are_accepted():
     )
     assert (config.seed, config.data.batch_size, config.student.init_layers) == (2**32 - 1, 8192, [0, 5])
     # A student with its own encoder copies no teacher blocks: init_layers is not checked against them.
-    assert load_config(CONFIGS[0], ["student.encoder=/models/small", "student.init_layers=[9]"])
+    own = ["student.encoder=/models/small", "student.hidden_size=null", "student.vocabulary=null"]
+    assert load_config(CONFIGS[0], own + ["student.init_layers=[9]"])
 
 
 def test_a_key_written_twice_is_refused_with_both_lines(tmp_path):
@@ -140,3 +147,80 @@ def test_saved_config_is_written_whole(tmp_path):
     out.write_text("old")
     config_lib.save_config(config, out)
     assert load_config(out) == config and os.listdir(tmp_path) == ["config.yaml"]
+
+
+def test_the_demo_sweep_is_the_demo_run_with_students():
+    """configs/sweep_demo.yaml shares the demo's run folder: every key but `sweep` must be the demo's."""
+    demo, sweep = (config_lib.config_to_dict(load_config(p)) for p in (CONFIGS[0], CONFIGS[2]))
+    students = sweep.pop("sweep")["students"]
+    demo.pop("sweep")
+    assert demo == sweep
+    assert [s["name"] for s in students] == [
+        "2L_H384_8k", "3L_H256_8k", "2L_H256_8k", "2L_H256_6k", "3L_H192_8k", "4L_H192_8k",
+    ]  # fmt: skip
+    # A student's own keys win over the student section's; the keys it leaves null come from there.
+    config = load_config(CONFIGS[2])
+    first = config_lib.sweep_student(config, config.sweep.students[0])
+    assert (first.init_layers, first.hidden_size, first.epochs) == ([1, 4], 384, config.student.epochs)
+    deep = config_lib.sweep_student(config, config.sweep.students[5])
+    assert deep.init_layers is None and deep.hidden_size == 192  # num_layers: spread once the depth is known
+
+
+TEACHER = "the teacher kd-tf:all-MiniLM-L6-v2"
+SHAPES = [
+    ("student.hidden_size=500", f"student.hidden_size: 500 is more than {TEACHER}'s 384"),
+    ("student.hidden_size=0", "student.hidden_size: 0 is impossible: it must be >= 1"),
+    ("student.hidden_size=250", "student.num_heads: choose it for hidden_size 250"),
+    ("student.num_heads=5", "student.num_heads: 5 heads do not divide hidden_size 256"),
+    ("student.num_heads=4", "student.num_heads: 4 heads of 64 dimensions are wider than the teacher's"),
+    ("student.num_heads=16", f"student.num_heads: 16 is more than {TEACHER}'s 12"),
+    ("student.intermediate_size=2000", "student.intermediate_size: 2000 is more than the teacher"),
+    ("student.vocabulary={top_k: 8, coverage: 0.9}", "student.vocabulary: give exactly one of top_k"),
+    ("student.vocabulary={}", "student.vocabulary: give exactly one of top_k"),
+    (
+        "student.vocabulary={coverage: 1.5}",
+        "student.vocabulary.coverage: 1.5 is impossible: it must be in (0, 1]",
+    ),
+    (
+        "student.vocabulary={topk: 3}",
+        "student.vocabulary.topk: unknown key. Did you mean student.vocabulary.top_k",
+    ),
+    ("student.encoder=/models/small", "student.hidden_size: only a student cut from the teacher is sliced"),
+    ("distill.hidden_state_loss=l1", "distill.hidden_state_loss: 'l1' is not one of mse, cosine"),
+    ("distill.hidden_state_weight=0", "distill.hidden_state_weight: 0.0 is impossible: it must be > 0"),
+    ("evaluate.latency_rounds=0", "evaluate.latency_rounds: 0 is impossible: it must be >= 1"),
+    ("sweep.students=[{name: a}, {name: a}]", "sweep.students[1].name: 'a' names two students"),
+    ("sweep.students=[{name: ../x}]", "sweep.students[0].name: '../x': give each student a plain name"),
+    ("sweep.students=[{name: teacher}]", "sweep.students[0].name: 'teacher': give each student a plain"),
+    ("sweep.students=[{name: a, num_layers: 7}]", "sweep.students[0].num_layers: 7 is more than the 6"),
+    ("sweep.students=[{name: a, num_layers: 2, init_layers: [0]}]", "sweep.students[0]: give init_layers or"),
+    ("sweep.students=[{name: a, init_layers: [0, 6]}]", "sweep.students[0].init_layers: [0, 6] names block"),
+    (
+        "sweep.students=[{name: a, hidden_size: 100}]",
+        "sweep.students[0].num_heads: choose it for hidden_size",
+    ),
+    ("sweep.students=[{name: a, vocabulary: {}}]", "sweep.students[0].vocabulary: give exactly one of top_k"),
+    ("sweep.students=[{nam: a}]", "sweep.students[0].nam: unknown key. Did you mean sweep.students[0].name"),
+]
+
+
+@pytest.mark.parametrize("override,message", SHAPES)
+def test_student_shapes_are_checked_when_the_config_is_read(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIGS[0], [override])
+    assert message in str(info.value)
+
+
+def test_shapes_of_an_unknown_teacher_are_checked_for_what_needs_no_teacher():
+    """A local teacher's sizes are unknown until the run reads its folder: only self-consistency is
+    checked when the config is read."""
+    config = load_config(CONFIGS[0], ["teacher.encoder=/models/teacher", "teacher.preprocessor=/models/pre"])
+    assert config.student.hidden_size == 256
+    config_lib.check_student_shape(config.student)  # nothing to compare with: no error
+    with pytest.raises(ConfigError, match="student.num_heads: 3 heads do not divide hidden_size 256"):
+        load_config(CONFIGS[0], ["teacher.encoder=/models/teacher", "student.num_heads=3"])
+    shape = {"num_layers": 6, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64}
+    with pytest.raises(
+        ConfigError, match="student.hidden_size: 256 is more than the teacher /models/teacher's 32"
+    ):
+        config_lib.check_student_shape(config.student, shape, "/models/teacher")

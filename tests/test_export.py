@@ -78,6 +78,7 @@ def exported(student, preprocessor, sst2, tmp_path_factory):
         seq_length=SEQ_LENGTH,
         calibration_texts=sst2["train"],
         latency_runs=10,
+        teacher=student,  # its own teacher: every like-for-like figure is known exactly
     )
     return out, report
 
@@ -125,6 +126,27 @@ def test_report_numbers_and_sizes(exported):
         assert saved.tflite[variant]["mediapipe"]["label_agreement"] >= 0.99
     markdown = (out / "export_report.md").read_text()
     assert "| full_int8 |" in markdown and "status: passed" in markdown
+
+
+def test_the_teacher_is_measured_like_for_like(exported):
+    """The student given as its own teacher: converted to the same float32 and dynamic-int8 variants (and
+    only those), its files are the student's byte for byte without the metadata, and every ratio compares
+    two files of the same variant."""
+    out, report = exported
+    assert sorted(report.teacher["tflite"]) == sorted(report.like_for_like) == ["dynamic_int8", "float32"]
+    assert report.teacher["source"] == "converted from the Keras model 'student'"
+    for variant, ratio in report.like_for_like.items():
+        student, teacher = report.tflite[variant], report.teacher["tflite"][variant]
+        assert student["model_bytes"] == teacher["size_bytes"] and ratio["size_ratio"] == 1.0
+        assert student["size_bytes"] > student["model_bytes"]  # the metadata only the student's file carries
+        for threads, speedup in ratio["speedup"].items():
+            assert speedup == teacher["latency_ms"][threads] / student["latency_ms"][threads]
+            assert 0.25 < speedup < 4.0  # the same model, timed in turns
+        assert set(ratio["cpu_speedup"]) == {"1"}
+    markdown = (out / "export_report.md").read_text()
+    assert "## Like for like with the teacher" in markdown
+    assert "Ratios only compare two files of the same variant" in markdown
+    assert not [f for f in report.files if "teacher" in f]  # nothing of the teacher is written
 
 
 def test_full_int8_is_calibrated_on_rows_without_padding(exported, preprocessor, sst2):
@@ -466,10 +488,13 @@ def test_cli_export(student, tiny_preprocessor, sst2_dir, tmp_path):
         "float32,dynamic_int8",
         "--latency-runs",
         "5",
+        "--teacher",
+        str(model_path),
     ]
     result = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tflite/model_dynamic_int8.tflite:" in result.stdout
+    assert "dynamic_int8 against the teacher's dynamic_int8: 1.000 of its bytes" in result.stdout
     report = export.ExportReport.load(out)
     assert sorted(report.tflite) == ["dynamic_int8", "float32"]
     assert report.num_samples == 100 and report.passed

@@ -59,11 +59,19 @@ def tiny_config(tmp_path, tiny_encoder, tiny_preprocessor, **extra):
     return str(path)
 
 
+# A phone-sized student: one teacher block sliced to half the width (one head of 16), its vocabulary
+# pruned to the 300 most frequent wordpieces of the training texts (+ every single character: ~2,300).
+NARROW_PRUNED = {"hidden_size": 16, "vocabulary": {"top_k": 300}, "calibration_texts": 16}
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_encoder, tiny_preprocessor):
-    """A finished run with two seeds (the run's own students and one more pair)."""
+    """A finished run with two seeds (the run's own students and one more pair) of a narrow student with
+    a pruned vocabulary: it trains, is evaluated and exported with its own preprocessor."""
     tmp_path = tmp_path_factory.mktemp("pipeline")
-    config_path = tiny_config(tmp_path, tiny_encoder, tiny_preprocessor, distill={"seeds": 2})
+    config_path = tiny_config(
+        tmp_path, tiny_encoder, tiny_preprocessor, distill={"seeds": 2}, student=NARROW_PRUNED
+    )
     assert cli.main(["run", "--config", config_path]) == 0
     return config_path, load_config(config_path).run_dir
 
@@ -76,7 +84,14 @@ def test_run_folder_holds_every_output(finished_run):
         "teacher/model.keras",
         "teacher/history.json",
         "teacher/hub_encoder/saved_model.pb",
-        "student_init/saved_model.pb",
+        "student_init/encoder/saved_model.pb",
+        "student_init/preprocessor/saved_model.pb",
+        "student_init/vocab.txt",
+        "student_init/vocabulary.json",
+        "tflite/teacher_float32.tflite",
+        "tflite/teacher_dynamic_int8.tflite",
+        "tflite/student_dynamic_int8.tflite",
+        "tflite/baseline_float32.tflite",
         "student/model.keras",
         "baseline/model.keras",
         "predictions/teacher.npz",
@@ -114,7 +129,7 @@ def test_report_is_recomputed_from_saved_predictions(finished_run):
     _, run_dir = finished_run
     with open(os.path.join(run_dir, "report.json")) as f:
         report = json.load(f)
-    assert report["schema_version"] == 2
+    assert report["schema_version"] == 3
     assert set(report["models"]) == {"teacher", "student", "baseline"}
     for role, entry in report["models"].items():
         preds = evaluate.load_predictions(os.path.join(run_dir, "predictions", f"{role}.npz"))
@@ -135,9 +150,30 @@ def test_report_is_recomputed_from_saved_predictions(finished_run):
         ):
             assert entry[key] is not None and entry[key] > 0, (role, key)
     t, s = report["models"]["teacher"], report["models"]["student"]
-    assert (t["layers"], s["layers"]) == (2, 1)
+    assert (t["layers"], s["layers"]) == (2, 1) and (t["hidden_size"], s["hidden_size"]) == (32, 16)
     assert s["parameters"] < t["parameters"]
-    assert s["tflite_bytes"] > 0
+    # Every model as the same two .tflite files, timed in turns at 1 and 2 threads.
+    for role, entry in report["models"].items():
+        assert sorted(entry["tflite"]) == ["dynamic_int8", "float32"] and entry["tflite_seq_length"] == 32
+        for variant, figures in entry["tflite"].items():
+            assert figures["size_bytes"] == os.path.getsize(os.path.join(run_dir, figures["path"]))
+            assert set(figures["latency_ms"]) == {"1", "2"} and set(figures["cpu_ms"]) == {"1"}
+        assert entry["tflite"]["dynamic_int8"]["size_bytes"] < 0.4 * entry["tflite"]["float32"]["size_bytes"]
+    ratios = report["comparison"]["like_for_like"]["student"]
+    for variant in ("float32", "dynamic_int8"):
+        size = s["tflite"][variant]["size_bytes"] / t["tflite"][variant]["size_bytes"]
+        assert ratios[variant]["size_ratio"] == pytest.approx(size) and size < 0.1
+        slow, fast = t["tflite"][variant]["latency_ms"], s["tflite"][variant]["latency_ms"]
+        assert ratios[variant]["speedup"] == pytest.approx({n: slow[n] / fast[n] for n in ("1", "2")})
+    size_target = [x for x in report["targets"] if x["name"].startswith("student int8 .tflite bytes")][0]
+    assert size_target["value"] == ratios["dynamic_int8"]["size_ratio"] and size_target["verdict"] == "met"
+    # The student reads its own pruned vocabulary: its preprocessor, and the embeddings it kept.
+    with open(os.path.join(run_dir, "student_init", "vocabulary.json")) as f:
+        vocabulary = json.load(f)
+    assert s["preprocessor"] == os.path.join(run_dir, "student_init", "preprocessor")
+    assert t["preprocessor"] != s["preprocessor"] and t["vocab_size"] == 30522
+    assert s["vocab_size"] == vocabulary["kept_tokens"] == len(vocabulary["kept_ids"]) < 3000
+    assert vocabulary["top_k"] == 300 and vocabulary["texts"] == 96
     assert report["comparison"]["student_accuracy_ratio"] == pytest.approx(s["accuracy"] / t["accuracy"])
     assert [x["name"] for x in report["targets"]][:2] == [
         "teacher accuracy",
@@ -160,6 +196,62 @@ def test_report_is_recomputed_from_saved_predictions(finished_run):
     markdown = open(os.path.join(run_dir, "report.md")).read()
     assert "| distilled student |" in markdown and "![training curves]" in markdown
     assert "## Seeds (2)" in markdown and "![seeds](seeds.png)" in markdown
+
+
+def test_the_pruned_narrow_student_is_exported_and_runs_on_mediapipe(finished_run, sst2_dir, tmp_path):
+    """The run's export passed its gates with the student's own vocabulary, beside the teacher's files;
+    exported again on 200 real SST-2 sentences (tests/data), MediaPipe's TextClassifier agrees with the
+    Keras student on the raw text, tokenizing it with the pruned vocab.txt the .tflite carries."""
+    from kd_tf import export
+    from kd_tf.classify import load_table
+    from kd_tf.export.metadata import read_metadata
+
+    _, run_dir = finished_run
+    run = pipeline.open_run(run_dir)
+    saved = export.ExportReport.load(os.path.join(run_dir, "export"))
+    assert saved.passed and sorted(saved.like_for_like) == ["dynamic_int8", "float32"]
+    assert saved.teacher["source"] == "files given"
+    assert saved.like_for_like["dynamic_int8"]["size_ratio"] < 0.1
+    texts = [
+        str(t) for t in load_table(os.path.join(sst2_dir, "dev.tsv"), "sentence", "label", limit=200).texts
+    ]
+    report = export.export_student(
+        run.load_model("student"),
+        tmp_path / "export",
+        run.preprocessor_handle("student"),
+        ["neg", "pos"],
+        texts,
+        seq_length=32,
+        variants=("dynamic_int8",),
+        latency_runs=5,
+        teacher=run.teacher_tflite(),
+        teacher_preprocessor=run.handles[1],
+    )
+    mediapipe = report.tflite["dynamic_int8"]["mediapipe"]
+    assert report.passed and mediapipe["label_agreement"] >= 0.99 and mediapipe["raw_label_agreement"] >= 0.99
+    packed = read_metadata(tmp_path / "export" / "tflite" / "model_dynamic_int8.tflite")["associated_files"]
+    with open(os.path.join(run_dir, "student_init", "vocab.txt"), encoding="utf-8") as f:
+        pruned = f.read()
+    assert pruned in packed.values() and len(pruned.splitlines()) < 3000
+    assert list(report.like_for_like) == ["dynamic_int8"]  # the one variant both have
+
+
+def test_hidden_state_distillation_of_the_pruned_narrow_student(finished_run):
+    """distill.hidden_states: the live teacher reads the student's own tokens mapped back to its ids, each
+    student layer is matched to the block it was cut from, through the slicing's projection."""
+    import dataclasses
+
+    from kd_tf.pipeline import students
+
+    _, run_dir = finished_run
+    opened = pipeline.open_run(run_dir)
+    distill = dataclasses.replace(opened.config.distill, hidden_states=True)
+    run = pipeline.ClassificationRun(dataclasses.replace(opened.config, distill=distill), opened.folder)
+    assert run.skips("cache")  # the cached logits carry no hidden states
+    student, result = students.train_distilled(run, 5)
+    history = result.history
+    assert {"feature_loss", "distillation_loss", "student_loss"} <= set(history)
+    assert all(np.isfinite(v) for v in history["feature_loss"]) and training.weights_finite(student)
 
 
 def test_rerun_reuses_finished_steps(finished_run, capsys):
@@ -424,10 +516,13 @@ def test_predict_prints_each_models_label_and_probabilities(finished_run, sst2_d
             want = f"{['neg', 'pos'][int(p.argmax())]}  (neg {p[0]:.3f}, pos {p[1]:.3f})"
             assert lines[4 * i + 1 + j].endswith(want), (lines[4 * i + 1 + j], want)
     # The probabilities are the softmax of the logits the evaluation saved for the same texts.
+    run = pipeline.open_run(run_dir)
     logits, _ = evaluate.predict_logits(
-        pipeline.open_run(run_dir).load_model("student"),
-        pipeline.open_run(run_dir).dataset(
-            TextDataset(texts=texts, labels=[0, 0, 0], label_names=("neg", "pos")), bucketing=False
+        run.load_model("student"),
+        run.dataset(
+            TextDataset(texts=texts, labels=[0, 0, 0], label_names=("neg", "pos")),
+            bucketing=False,
+            role="student",  # its own vocabulary
         ),
     )
     np.testing.assert_allclose(out["probabilities"]["student"], tf.nn.softmax(logits).numpy(), atol=1e-5)
@@ -542,6 +637,38 @@ def test_report_of_non_finite_predictions_is_strict_json(finished_run, tmp_path,
     assert ratio["value"] is None and ratio["met"] is None
     assert report["models"]["teacher"]["accuracy"] is not None
     assert "non-finite logits" in (copy / "report.md").read_text()
+
+
+def test_a_teacher_with_non_finite_logits_stops_the_cache_step(
+    finished_run, tmp_path, tiny_encoder, tiny_preprocessor, capsys
+):
+    """Finite weights, infinite logits (LayerNorm gains of 3e38 overflow float32): the cache step fails with
+    the run folder and the fix, caches nothing and keeps the previous cache record."""
+    config_path = tiny_config(
+        tmp_path, tiny_encoder, tiny_preprocessor, distill={"seeds": 2}, student=NARROW_PRUNED
+    )
+    run_dir = load_config(config_path).run_dir
+    ignore = shutil.ignore_patterns("teacher_cache", "logs", "export", "savedmodel", "config.yaml")
+    shutil.copytree(finished_run[1], run_dir, ignore=ignore)
+    teacher_path = os.path.join(run_dir, "teacher", "model.keras")
+    teacher = keras.saving.load_model(teacher_path, compile=False)
+    for weight in teacher.weights:
+        if weight.path.endswith("layer_norm_gamma"):
+            weight.assign(np.full(weight.shape, 3e38, "float32"))
+    assert training.weights_finite(teacher)
+    teacher.save(teacher_path)
+    cache_record = digest(os.path.join(run_dir, "steps", "cache.json"))
+    assert cli.main(["distill", "--config", config_path, "--force"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"PipelineError: the cache step of {run_dir} stopped: The teacher's output 'logits' is non-finite"
+        in err
+    )
+    assert f"({teacher_path}) has finite weights, yet gives NaN or infinite logits" in err
+    fix = f"kd-tf finetune-teacher --config {run_dir}/config.yaml --force --set teacher.learning_rate=0.0001"
+    assert fix in err
+    assert [p for p in os.listdir(os.path.join(run_dir, "teacher_cache")) if not p.endswith(".lock")] == []
+    assert digest(os.path.join(run_dir, "steps", "cache.json")) == cache_record
 
 
 def test_changed_texts_with_the_same_ids_are_refused(

@@ -42,6 +42,17 @@ RIGHT = {
 }
 
 
+# The same two .tflite formats of every model: bytes, LiteRT ms at 1 and 2 threads, CPU ms at 1 thread.
+TEACHER_TFLITE = {
+    "float32": {"size_bytes": 4000, "latency_ms": {"1": 12.0, "2": 8.0}, "cpu_ms": {"1": 11.0}},
+    "dynamic_int8": {"size_bytes": 1000, "latency_ms": {"1": 6.0, "2": 4.0}, "cpu_ms": {"1": 5.5}},
+}
+STUDENT_TFLITE = {
+    "float32": {"size_bytes": 1000, "latency_ms": {"1": 3.0, "2": 2.0}, "cpu_ms": {"1": 2.75}},
+    "dynamic_int8": {"size_bytes": 240, "latency_ms": {"1": 1.6, "2": 1.0}, "cpu_ms": {"1": 1.25}},
+}
+
+
 @pytest.fixture()
 def run_dir(tmp_path):
     """A run folder as the pipeline leaves it, with hand-chosen predictions on 200 examples."""
@@ -50,11 +61,17 @@ def run_dir(tmp_path):
     for role, right in RIGHT.items():
         evaluate.save_predictions(root / "predictions" / f"{role}.npz", _logits(labels, right), labels)
         _write_json(str(root / role / "history.json"), {"history": {"loss": [1.0, 0.5]}, "seconds": 10.0})
-    measured = {"parameters": 100, "latency_ms": 4.0, "layers": 2, "tflite_bytes": 1000}
+    measured = {"parameters": 100, "latency_ms": 4.0, "layers": 2, "tflite": STUDENT_TFLITE}
     _write_json(
         str(root / "evaluation.json"),
         {
-            "teacher": {**measured, "parameters": 400, "latency_ms": 12.0, "layers": 6},
+            "teacher": {
+                **measured,
+                "parameters": 400,
+                "latency_ms": 12.0,
+                "layers": 6,
+                "tflite": TEACHER_TFLITE,
+            },
             "student": measured,
             "baseline": measured,
         },
@@ -71,7 +88,7 @@ def run_dir(tmp_path):
 def test_quality_intervals_and_tests_are_recomputed_from_the_predictions(run_dir):
     built = report.build_report(run_dir)
     m, c = built["models"], built["comparison"]
-    assert built["schema_version"] == 2
+    assert built["schema_version"] == 3
     assert built["statistics"]["resamples"] == 2000 and built["statistics"]["seed"] == 5
     assert (m["teacher"]["accuracy"], m["student"]["accuracy"], m["baseline"]["accuracy"]) == (
         0.9,
@@ -110,16 +127,25 @@ def test_quality_intervals_and_tests_are_recomputed_from_the_predictions(run_dir
     vs_teacher = c["tests"]["student_vs_teacher"]
     assert (vs_teacher["only_a_right"], vs_teacher["only_b_right"]) == (10, 20)
     assert vs_teacher["p_value"] == pytest.approx(_binomial_p(10, 20)) and not vs_teacher["significant"]
-    assert c["size_ratio"] == pytest.approx(4.0) and c["speedup"] == pytest.approx(3.0)
+    assert c["parameter_ratio"] == pytest.approx(0.25) and c["keras_speedup"] == pytest.approx(3.0)
     assert c["layer_ratio"] == pytest.approx(1 / 3)
+    # Like for like: float32 with float32, int8 with int8, at each thread count.
+    assert c["like_for_like"]["student"] == {
+        "float32": {"size_ratio": 0.25, "speedup": {"1": 4.0, "2": 4.0}, "cpu_speedup": {"1": 4.0}},
+        "dynamic_int8": {"size_ratio": 0.24, "speedup": {"1": 3.75, "2": 4.0}, "cpu_speedup": {"1": 4.4}},
+    }
     targets = {t["name"]: (t["verdict"], t["met"]) for t in built["targets"]}
     # 0.9 on 200 examples: the whole interval is above 0.85. 0.944 with an interval reaching past 0.97:
-    # undecided. The student's 10-point lead is significant.
+    # undecided. The student's 10-point lead is significant. Its int8 file is 0.24 of the teacher's, and
+    # it is 4.4x faster in CPU time (3.75x in wall time: the speed target reads the CPU time).
     assert targets == {
         "teacher accuracy": ("met", True),
         "student accuracy / teacher accuracy": ("undecided", None),
         "student accuracy - label-only student accuracy": ("met", True),
+        "student int8 .tflite bytes / teacher int8 .tflite bytes": ("met", True),
+        "teacher int8 LiteRT latency / student int8 LiteRT latency (batch 1, 1 thread)": ("met", True),
     }
+    assert [t["direction"] for t in built["targets"]] == [">=", ">=", ">", "<=", ">="]
     assert built["steps"] == {"teacher": 5.0, "distill": 3.0, "baseline": 3.0, "evaluate": 1.0}
     assert built["seeds"] is None and built["test_sets"] == {}
 
@@ -152,6 +178,11 @@ def test_written_report_is_json_markdown_and_plots(run_dir):
     assert "student accuracy / teacher accuracy >= 0.97: 0.9444 (95% CI " in markdown
     assert "undecided (the interval straddles the threshold" in markdown
     assert "2,000 resamples, seed 5" in markdown
+    # The table shows every model's int8 file and LiteRT latency, and the like-for-like section says so.
+    assert "| int8 .tflite | int8 LiteRT ms (b=1, 1 thread) |" in markdown
+    assert "A ratio only ever compares two files of the same format" in markdown
+    assert "| distilled student | dynamic_int8 | 0.240 | 3.75x / 4.00x | 4.40x |" in markdown
+    assert "student int8 .tflite bytes / teacher int8 .tflite bytes <= 0.25: 0.240: met" in markdown
     assert set(saved["plots"].values()) == {
         "training_curves.png",
         "accuracy_vs_size.png",
@@ -258,7 +289,26 @@ def test_non_finite_predictions_meet_no_target(run_dir):
     student = built["models"]["student"]
     assert student["accuracy"] is None and student["accuracy_interval"] is None
     assert student["status"].startswith("non-finite logits: 200 of 200")
-    assert [t["verdict"] for t in built["targets"]] == ["met", "not measured", "not measured"]
+    assert [t["verdict"] for t in built["targets"]] == ["met", "not measured", "not measured", "met", "met"]
+
+
+def test_ratios_are_only_taken_between_equal_formats(run_dir):
+    """A teacher measured only as float32 and a student only as int8 give no ratio, and no size or speed
+    target is decided on them; with one format in common, only that one is compared."""
+    path = os.path.join(run_dir, "evaluation.json")
+    with open(path) as f:
+        measured = json.load(f)
+    measured["teacher"]["tflite"] = {"float32": TEACHER_TFLITE["float32"]}
+    for role in ("student", "baseline"):
+        measured[role]["tflite"] = {"dynamic_int8": STUDENT_TFLITE["dynamic_int8"]}
+    _write_json(path, measured)
+    built = report.build_report(run_dir)
+    assert built["comparison"]["like_for_like"] == {"student": {}, "baseline": {}}
+    assert [(t["verdict"], t["value"]) for t in built["targets"][3:]] == [("not measured", None)] * 2
+    measured["student"]["tflite"] = STUDENT_TFLITE
+    _write_json(path, measured)
+    ratios = report.build_report(run_dir)["comparison"]["like_for_like"]["student"]
+    assert list(ratios) == ["float32"] and ratios["float32"]["size_ratio"] == 0.25
 
 
 def test_a_run_without_evaluation_says_what_to_run(tmp_path):

@@ -174,3 +174,48 @@ def measure_speed(model, inputs, runs=30, warmup=3, throughput_batch=None):
         "throughput_batch": batch,
         "seq_length": int(next(iter(inputs.values())).shape[1]),
     }
+
+
+LIKE_FOR_LIKE_VARIANTS = ("float32", "dynamic_int8")
+"""The TFLite variants every model of a run is converted to and timed in: float32 weights, and int8 weights
+with float activations (dynamic range). A ratio is only ever taken between two files of the same variant."""
+
+
+def _ratio(a, b):
+    return None if a is None or not b else float(a) / float(b)
+
+
+def like_for_like(reference, model):
+    """How much smaller and faster `model` is than `reference`, between files of the same format only.
+
+    Args:
+        reference: the larger model's TFLite figures (the teacher): `{variant: {"size_bytes": ...,
+            "latency_ms": {"1": ms, "2": ms}, "cpu_ms": {"1": ms}}}` (as `measure` records them).
+        model: the smaller model's figures, in the same form.
+
+    Returns:
+        `{variant: {"size_ratio", "speedup": {threads: x}, "cpu_speedup": {threads: x}}}` for every variant
+        both have: `size_ratio` is model bytes / reference bytes (0.25 = a quarter of the teacher's file),
+        a speed-up is reference latency / model latency at the same thread count. A variant only one of
+        them has gets no entry: a float32 teacher is never compared with an int8 student.
+
+    Example:
+    ```python
+    like_for_like({"dynamic_int8": {"size_bytes": 22_980_000, "latency_ms": {"1": 6.2}}},
+                  {"dynamic_int8": {"size_bytes": 5_190_000, "latency_ms": {"1": 1.6}}})
+    # {'dynamic_int8': {'size_ratio': 0.2258..., 'speedup': {'1': 3.875}, 'cpu_speedup': {}}}
+    ```
+    """
+    ratios = {}
+    for variant in sorted((reference or {}).keys() & (model or {}).keys(), key=_variant_order):
+        r, m = reference[variant], model[variant]
+        ratios[variant] = {"size_ratio": _ratio(m.get("size_bytes"), r.get("size_bytes"))}
+        for measured, ratio in (("latency_ms", "speedup"), ("cpu_ms", "cpu_speedup")):
+            slow, fast = r.get(measured) or {}, m.get(measured) or {}
+            ratios[variant][ratio] = {n: _ratio(slow[n], fast[n]) for n in slow if fast.get(n) is not None}
+    return ratios
+
+
+def _variant_order(variant):
+    order = ("float32", "float16", "dynamic_int8", "full_int8")
+    return order.index(variant) if variant in order else len(order)

@@ -7,19 +7,23 @@ predictions, training histories, the seeds' predictions and the other test sets 
 interval, and the students are compared with the teacher and with each other by exact McNemar tests
 on the same examples (`kd_tf.classify.statistics`; docs/evaluation.md says how to read them).
 
-`report.json` schema (version 2; benchmarks and notebooks read it):
+`report.json` schema (version 3; benchmarks and notebooks read it):
 
 ```
-schema_version   2
+schema_version   3
 run_name, run_dir, created (ISO time)
 config           the resolved run config (nested dict)
 data             {label_names, sizes: {train, validation, test, transfer}, seq_length, source}
 statistics       {method, resamples, seed, confidence, test, significance_level}: how intervals and
                  p-values were computed
 models           {teacher|student|baseline: {
-                    role, encoder, layers, hidden_size, parameters,
-                    savedmodel_bytes, tflite_bytes (float32 .tflite at export.seq_length),
-                    latency_ms (batch 1, median, CPU), latency_ms_p90, examples_per_s,
+                    role, encoder, preprocessor, layers, hidden_size, vocab_size, parameters,
+                    savedmodel_bytes, latency_ms (Keras, batch 1, median, CPU), latency_ms_p90,
+                    examples_per_s,
+                    tflite {float32|dynamic_int8: {path, size_bytes, latency_ms {"1", "2": LiteRT batch-1
+                            ms at 1 and 2 threads}, cpu_ms {"1": CPU time of the interpreter thread}}}:
+                            the same files for every model, at tflite_seq_length (export.seq_length),
+                            timed in turns (kd_tf.pipeline.measure),
                     training_seconds, best_val_accuracy,
                     accuracy, precision, recall, f1 (macro), on the run's test split,
                     accuracy_interval, f1_interval ([low, high] bootstrap intervals),
@@ -31,10 +35,14 @@ comparison       on the run's test split: {
                   student_minus_teacher_accuracy, student_minus_teacher_accuracy_interval,
                   tests {student_vs_baseline|student_vs_teacher: {test, a, b, only_a_right,
                          only_b_right, p_value, significance_level, significant}},
-                  size_ratio (teacher / student parameters), speedup (teacher / student latency),
-                  layer_ratio (student / teacher layers)}
-targets          [{name, value, interval, threshold, verdict, met, evidence}]
-                 verdict: "met", "missed", "undecided" or "not measured" (see `_targets`);
+                  parameter_ratio (student / teacher parameters), keras_speedup (teacher / student
+                  Keras latency, both float32), layer_ratio (student / teacher layers),
+                  like_for_like {student|baseline: {float32|dynamic_int8: {size_ratio (student / teacher
+                                 bytes), speedup {"1", "2"} and cpu_speedup {"1"} (teacher / student
+                                 latency)}}}: ratios between files of the same format only}
+targets          [{name, value, interval, threshold, direction (">=", ">" or "<="), verdict, met, evidence}]
+                 verdict: "met", "missed", "undecided" or "not measured" (see
+                 `kd_tf.classify.report_targets`);
                  met: true for "met", false for "missed", null otherwise
 seeds            null (one seed), or {count, seed_values, status,
                   models {student|baseline: {accuracy|f1: {mean, sd, min, max, n, values}}},
@@ -57,7 +65,9 @@ never written (it becomes null). A model whose saved test logits are not all fin
 `status: "non-finite logits: ..."` and null quality figures, so no target counts as met on them; a
 model whose training diverged and kept an earlier epoch carries its training `status`; a model of
 another test set that was trained again after that set was scored is `status: "stale: ..."`.
-Version 1 had no intervals, tests, seeds or test sets, and `met` was decided on the point estimate.
+Version 1 had no intervals, tests, seeds or test sets, and `met` was decided on the point estimate. Version
+2 had one float32 `tflite_bytes` per model and compared parameters and Keras latency only (`size_ratio`,
+`speedup`, teacher / student).
 """
 
 from __future__ import annotations
@@ -68,10 +78,10 @@ import os
 
 import numpy as np
 
-from kd_tf.classify import evaluate, report_seeds, statistics
+from kd_tf.classify import evaluate, report_seeds, report_targets, statistics
 from kd_tf.json_files import strict_json, write_json
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ROLE_TITLES = {"teacher": "teacher", "student": "distilled student", "baseline": "label-only student"}
 TRAINING_STEPS = {"teacher": "teacher", "student": "distill", "baseline": "baseline"}
 STEP_ORDER = ("teacher", "cache", "distill", "baseline", "evaluate", "export", "seeds", "report")
@@ -199,78 +209,6 @@ def _paired_comparison(labels, scored, boot, level):
     return out
 
 
-def _mcnemar(comparison, name):
-    test = comparison["tests"].get(name)
-    if test is None:
-        return None
-    return statistics.McNemarResult(test["only_a_right"], test["only_b_right"], test["p_value"])
-
-
-def _targets(models, comparison, settings):
-    """The demo's targets, decided with their uncertainty (no tuning on the test set: they are only read).
-
-    A threshold target (teacher accuracy >= 0.85, student / teacher accuracy >= 0.97) is met when its
-    whole bootstrap interval is at or above the threshold, missed when the whole interval is below, and
-    undecided when the interval straddles it (the test set is too small to tell). "The distilled
-    student beats the label-only student" is met only when the McNemar test on the same examples is
-    significant and the student is ahead, missed when it is significant the other way, and undecided
-    (not significant) otherwise.
-    """
-    level = settings["significance_level"]
-    teacher = models.get("teacher", {})
-    targets = []
-    for name, value, interval, threshold in (
-        ("teacher accuracy", teacher.get("accuracy"), teacher.get("accuracy_interval"), 0.85),
-        (
-            "student accuracy / teacher accuracy",
-            comparison.get("student_accuracy_ratio"),
-            comparison.get("student_accuracy_ratio_interval"),
-            0.97,
-        ),
-    ):
-        verdict = statistics.threshold_verdict(value, interval, threshold)
-        evidence = {
-            "met": "the whole interval is at or above the threshold",
-            "missed": "the whole interval is below the threshold",
-            "undecided": "the interval straddles the threshold: the test set cannot tell",
-            "not measured": "not measured",
-        }[verdict]
-        targets.append((name, value, interval, threshold, verdict, evidence))
-    if "baseline" in models:
-        value = comparison.get("student_minus_baseline_accuracy")
-        test = _mcnemar(comparison, "student_vs_baseline")
-        verdict = statistics.difference_verdict(value, test, level)
-        evidence = "not measured"
-        if test is not None:
-            significance = "significant" if test.significant(level) else "not significant"
-            evidence = (
-                f"exact McNemar p = {test.p_value:.3g}, {significance} at {level:g}; {test.only_a_right} "
-                f"examples only the distilled student gets right, {test.only_b_right} only the label-only one"
-            )
-        targets.append(
-            (
-                "student accuracy - label-only student accuracy",
-                value,
-                comparison.get("student_minus_baseline_accuracy_interval"),
-                0.0,
-                verdict,
-                evidence,
-            )
-        )
-    return [
-        {
-            "name": name,
-            "value": value,
-            "interval": interval,
-            "threshold": threshold,
-            "verdict": verdict,
-            "met": {"met": True, "missed": False}.get(verdict),
-            "evidence": evidence,
-        }
-        for name, value, interval, threshold, verdict, evidence in targets
-    ]
-
-
 def _steps(path):
     steps = {}
     if os.path.isdir(path("steps")):
@@ -335,13 +273,18 @@ def build_report(run_dir):
         if history.get("status") not in (None, "completed"):
             entry.setdefault("status", f"training {history['status']}")
         entry["best_val_accuracy"] = steps.get(TRAINING_STEPS.get(role, role), {}).get("best_val_accuracy")
-        entry.setdefault("tflite_bytes", None)
+        entry.setdefault("tflite", None)
         models[role] = entry
     t, s = models.get("teacher", {}), models.get("student", {})
     comparison.update(
-        size_ratio=_ratio(t.get("parameters"), s.get("parameters")),
-        speedup=_ratio(t.get("latency_ms"), s.get("latency_ms")),
+        parameter_ratio=_ratio(s.get("parameters"), t.get("parameters")),
+        keras_speedup=_ratio(t.get("latency_ms"), s.get("latency_ms")),
         layer_ratio=_ratio(s.get("layers"), t.get("layers")),
+        like_for_like={
+            role: evaluate.like_for_like(t.get("tflite"), models[role].get("tflite"))
+            for role in ("student", "baseline")
+            if role in models and t.get("tflite")
+        },
     )
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -358,7 +301,7 @@ def build_report(run_dir):
         "statistics": settings,
         "models": models,
         "comparison": comparison,
-        "targets": _targets(models, comparison, settings),
+        "targets": report_targets.targets(models, comparison, settings),
         "seeds": report_seeds.seed_summary(run_dir, config, steps.get("seeds"), predictions),
         "test_sets": {
             name: read_test_set(run_dir, name, settings, steps) for name in test_set_names(run_dir)

@@ -1,7 +1,8 @@
 """The plots of the run report, from a `build_report` dict.
 
 * `training_curves.png`: the hard-label training loss and the validation accuracy of every model.
-* `accuracy_vs_size.png`: test accuracy (with its bootstrap interval) against parameters and latency.
+* `accuracy_vs_size.png`: test accuracy (with its bootstrap interval) against the dynamic-int8 `.tflite`
+  size and its LiteRT batch-1 latency (the same format for every model).
 * `accuracy_intervals.png`: every model's accuracy with its interval, on the run's test split and on
   every other test set (`kd-tf evaluate RUN_DIR --test-file`): what the test sets can and cannot tell.
 * `seeds.png` (runs with `distill.seeds` > 1): each seed's test accuracy of the two students, their mean
@@ -55,22 +56,40 @@ def _training_curves(plt, models, path):
     plt.close(fig)
 
 
+def int8_figure(entry, key):
+    """An entry's dynamic-int8 `.tflite` size in MB (`key="size"`) or LiteRT latency in ms at 1 thread
+    (`key="latency"`), or None.
+
+    Example:
+    ```python
+    int8_figure({"tflite": {"dynamic_int8": {"size_bytes": 5_190_000}}}, "size")  # 5.19
+    ```
+    """
+    int8 = (entry.get("tflite") or {}).get("dynamic_int8") or {}
+    value = int8.get("size_bytes") if key == "size" else (int8.get("latency_ms") or {}).get("1")
+    return None if value is None else value / (1e6 if key == "size" else 1.0)
+
+
+AXES = (
+    ("size", "dynamic-int8 .tflite (MB)", "accuracy against int8 size"),
+    ("latency", "int8 LiteRT latency, batch 1, 1 thread (ms)", "accuracy against int8 latency"),
+)
+
+
 def _accuracy_vs_size(plt, models, ci, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for role, entry in models.items():
         if entry.get("accuracy") is None:
             continue
-        for ax, key, scale in ((axes[0], "parameters", 1e6), (axes[1], "latency_ms", 1.0)):
-            if entry.get(key) is not None:
-                x = entry[key] / scale
+        for ax, (key, _, _) in zip(axes, AXES):
+            x = int8_figure(entry, key)
+            if x is not None:
                 ax.errorbar(
                     x, entry["accuracy"], yerr=_error(entry), fmt="o", capsize=4, color=COLORS.get(role)
                 )
                 ax.annotate(entry["role"], (x, entry["accuracy"]), textcoords="offset points", xytext=(6, 4))
-    axes[0].set(
-        title=f"accuracy against size (bars: {ci})", xlabel="parameters (millions)", ylabel="test accuracy"
-    )
-    axes[1].set(title="accuracy against CPU latency", xlabel="batch-1 latency (ms)", ylabel="test accuracy")
+    for ax, (_, label, title) in zip(axes, AXES):
+        ax.set(title=f"{title} (bars: {ci})", xlabel=label, ylabel="test accuracy")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -131,6 +150,100 @@ def _seeds(plt, report, ci, path):
     plt.close(fig)
 
 
+def pareto_front(points):
+    """Indices of the points no other point beats: at least as accurate and at most as large, one strictly.
+
+    Args:
+        points: `(x, accuracy)` pairs (x: a size or a latency; smaller is better).
+
+    Returns:
+        The indices of the front, by increasing x.
+
+    Example:
+    ```python
+    pareto_front([(5.0, 0.80), (4.0, 0.82), (3.0, 0.78)])  # [2, 1]
+    ```
+    """
+    front = [
+        i
+        for i, (x, y) in enumerate(points)
+        if not any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for x2, y2 in points)
+    ]
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def plot_pareto(rows, teacher, ci, path):
+    """The sweep's Pareto plot: accuracy against int8 size and against int8 latency.
+
+    Args:
+        rows: one dict per student: `name`, and `student` / `baseline` entries (`accuracy`,
+            `accuracy_interval`, `tflite`), as `kd_tf.classify.report_sweep` builds them.
+        teacher: the teacher's entry, drawn as a reference line and point.
+        ci: the interval's name, for the title.
+        path: the `.png` to write.
+
+    Example:
+    ```python
+    plot_pareto(sweep["students"], sweep["teacher"], "95% CI", "sweep/pareto.png")
+    ```
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, (key, label, title) in zip(axes, AXES):
+        for role, marker, name in (("student", "o", "distilled"), ("baseline", "s", "label-only")):
+            points = []
+            for row in rows:
+                entry = row.get(role) or {}
+                x = int8_figure(entry, key)
+                if x is None or entry.get("accuracy") is None:
+                    continue
+                ax.errorbar(
+                    x,
+                    entry["accuracy"],
+                    yerr=_error(entry),
+                    fmt=marker,
+                    capsize=3,
+                    color=COLORS[role],
+                    alpha=0.9 if role == "student" else 0.6,
+                )
+                points.append((x, entry["accuracy"]))
+                if role == "student":
+                    ax.annotate(
+                        row["name"],
+                        (x, entry["accuracy"]),
+                        textcoords="offset points",
+                        xytext=(5, 4),
+                        fontsize=8,
+                    )
+            front = pareto_front(points)
+            if front:
+                ax.plot(
+                    [points[i][0] for i in front],
+                    [points[i][1] for i in front],
+                    "-",
+                    color=COLORS[role],
+                    alpha=0.5,
+                    label=f"{name} (line: Pareto front)",
+                )
+        if teacher and teacher.get("accuracy") is not None:
+            ax.axhline(
+                teacher["accuracy"],
+                color=COLORS["teacher"],
+                ls="--",
+                lw=1,
+                label=f"teacher accuracy ({teacher['accuracy']:.3f})",
+            )
+            ax.axhline(
+                0.97 * teacher["accuracy"], color=COLORS["teacher"], ls=":", lw=1, label="97% of the teacher"
+            )
+        ax.set(title=f"{title} (bars: {ci})", xlabel=label, ylabel="test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_report(report, run_dir):
     """Writes the report's plots into `run_dir` (see the module docstring).
 
@@ -164,4 +277,4 @@ def plot_report(report, run_dir):
     return files
 
 
-__all__ = ["plot_report"]
+__all__ = ["int8_figure", "pareto_front", "plot_pareto", "plot_report"]

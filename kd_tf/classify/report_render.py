@@ -23,20 +23,38 @@ DIFFERENCE_WORDS = {
 }
 
 
-def _fmt(value, kind="float"):
+def format_value(value, kind="float"):
+    """A report figure as text: `kind` is float, int, mb, mb2, ms, ms2, s, signed, x or ratio; `–` for None.
+
+    Example:
+    ```python
+    format_value(5_190_000, "mb2"), format_value(3.875, "x")  # ('5.19 MB', '3.88x')
+    ```
+    """
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "–"
     if kind == "int":
         return f"{int(value):,}"
     if kind == "mb":
         return f"{value / 1e6:.1f} MB"
+    if kind == "mb2":
+        return f"{value / 1e6:.2f} MB"
     if kind == "ms":
         return f"{value:.1f}"
+    if kind == "ms2":
+        return f"{value:.2f}"
+    if kind == "x":
+        return f"{value:.2f}x"
+    if kind == "ratio":
+        return f"{value:.3f}"
     if kind == "s":
         return f"{value:.0f}"
     if kind == "signed":
         return f"{value:+.4f}"
     return f"{value:.4f}"
+
+
+_fmt = format_value
 
 
 def _ci_name(report):
@@ -78,11 +96,30 @@ COLUMNS = [
     ("layers", "layers", "int"),
     ("parameters", "parameters", "int"),
     ("SavedModel", "savedmodel_bytes", "mb"),
-    ("TFLite f32", "tflite_bytes", "mb"),
-    ("latency ms (b=1)", "latency_ms", "ms"),
+    ("int8 .tflite", "tflite.dynamic_int8.size_bytes", "mb2"),
+    ("int8 LiteRT ms (b=1, 1 thread)", "tflite.dynamic_int8.latency_ms.1", "ms2"),
+    ("Keras ms (b=1)", "latency_ms", "ms"),
     ("examples/s", "examples_per_s", "ms"),
     ("train s", "training_seconds", "s"),
 ]
+"""The comparison table: (header, dotted key of a model entry, format). Sizes and latencies of the same
+format in every row (the dynamic-int8 `.tflite` of every model; Keras float32)."""
+
+
+def lookup(entry, key):
+    """The value at a dotted key of a report entry (`"tflite.dynamic_int8.size_bytes"`), or None.
+
+    Example:
+    ```python
+    lookup({"tflite": {"float32": {"size_bytes": 9}}}, "tflite.float32.size_bytes")  # 9
+    ```
+    """
+    value = entry
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
 
 
 def table_rows(report):
@@ -108,21 +145,30 @@ def table_rows(report):
         ]
         if spread:
             row.append(_spread(spread.get(role, {}).get("accuracy")) if role in spread else "one run")
-        rows.append(row + [_fmt(entry.get(key), kind) for _, key, kind in COLUMNS])
+        rows.append(row + [_fmt(lookup(entry, key), kind) for _, key, kind in COLUMNS])
     return rows
 
 
 def target_text(target):
-    """`name >= threshold` (`>` for a gain that must be positive)."""
-    sign = ">" if target["threshold"] == 0.0 else ">="
+    """`name >= threshold` (its `direction`: `>` for a gain that must be positive, `<=` for a size)."""
+    sign = target.get("direction") or (">" if target["threshold"] == 0.0 else ">=")
     return f"{target['name']} {sign} {target['threshold']}"
 
 
 def target_line(target, ci):
-    """One target with its value, interval, verdict and evidence."""
+    """One target with its value, interval, verdict and evidence.
+
+    Example:
+    ```python
+    target_line(report["targets"][0], "95% CI")  # 'teacher accuracy >= 0.85: 0.8030 (95% CI ...): ...'
+    ```
+    """
     difference = target["threshold"] == 0.0
     words = (DIFFERENCE_WORDS if difference else VERDICT_WORDS)[target.get("verdict") or "not measured"]
-    value = with_interval(target["value"], target.get("interval"), signed=difference, label=ci)
+    if target.get("interval"):
+        value = with_interval(target["value"], target.get("interval"), signed=difference, label=ci)
+    else:
+        value = _fmt(target["value"], "ratio")
     return f"{target_text(target)}: {value}: {words} ({target.get('evidence')})"
 
 
@@ -229,6 +275,63 @@ def _test_set_lines(report, ci):
     return lines
 
 
+def like_for_like_lines(report):
+    """The "Size and speed, like for like" section: every model's `.tflite` files, ratios of equal formats.
+
+    Example:
+    ```python
+    print("\n".join(like_for_like_lines(build_report("saved_models/demo"))))
+    ```
+    """
+    models = {r: e for r, e in report["models"].items() if e.get("tflite")}
+    if not models:
+        return []
+    seq = next(iter(models.values())).get("tflite_seq_length")
+    lines = [
+        "",
+        "## Size and speed, like for like",
+        "",
+        f"Every model converted to the same `.tflite` formats (sequence length {seq}, builtin ops, no "
+        f"metadata) and timed at batch 1 in LiteRT, the models taking turns (each figure the best round "
+        f"median). A ratio only ever compares two files of the same format: float32 with float32, "
+        f"dynamic int8 with dynamic int8.",
+        "",
+        "| model | float32 .tflite | int8 .tflite | float32 ms (1 / 2 threads) | int8 ms (1 / 2 threads) | "
+        "int8 CPU ms (1 thread) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for entry in models.values():
+        f32, int8 = entry["tflite"].get("float32", {}), entry["tflite"].get("dynamic_int8", {})
+        lines.append(
+            f"| {entry['role']} | {_fmt(f32.get('size_bytes'), 'mb2')} | "
+            f"{_fmt(int8.get('size_bytes'), 'mb2')} | {_threads(f32)} | {_threads(int8)} | "
+            f"{_fmt(lookup(int8, 'cpu_ms.1'), 'ms2')} |"
+        )
+    ratios = report["comparison"].get("like_for_like") or {}
+    if ratios:
+        lines += [
+            "",
+            "| teacher against | format | bytes (student / teacher) | speed-up (1 / 2 threads) | "
+            "speed-up, CPU time (1 thread) |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for role, by_variant in ratios.items():
+            for variant, r in by_variant.items():
+                speedup = r.get("speedup") or {}
+                lines.append(
+                    f"| {report['models'][role]['role']} | {variant} | "
+                    f"{_fmt(r.get('size_ratio'), 'ratio')} | "
+                    f"{_fmt(speedup.get('1'), 'x')} / {_fmt(speedup.get('2'), 'x')} | "
+                    f"{_fmt(lookup(r, 'cpu_speedup.1'), 'x')} |"
+                )
+    return lines
+
+
+def _threads(figures):
+    latency = figures.get("latency_ms") or {}
+    return f"{_fmt(latency.get('1'), 'ms2')} / {_fmt(latency.get('2'), 'ms2')}"
+
+
 def render_markdown(report):
     """`report.md`: the table, the targets, the comparison, seeds, other test sets, plots, timings.
 
@@ -262,8 +365,9 @@ def render_markdown(report):
     lines += [f"- {target_line(t, ci)}" for t in report["targets"]]
     lines += ["", "## Student against teacher", ""] + _comparison_lines(c, ci)
     lines += [
-        f"- parameters: teacher / student = {_fmt(c.get('size_ratio'))}",
-        f"- batch-1 CPU latency: teacher / student = {_fmt(c.get('speedup'))}",
+        f"- parameters kept (student / teacher): {_fmt(c.get('parameter_ratio'), 'ratio')}",
+        f"- Keras batch-1 CPU speed-up (teacher / student latency, both float32): "
+        f"{_fmt(c.get('keras_speedup'), 'x')}",
         f"- layers kept: {_fmt(c.get('layer_ratio'))}",
     ]
     agree = {
@@ -273,6 +377,7 @@ def render_markdown(report):
         lines.append(
             "- agreement with the teacher's labels: " + ", ".join(f"{r} {_fmt(v)}" for r, v in agree.items())
         )
+    lines += like_for_like_lines(report)
     lines += _seed_lines(report.get("seeds"))
     lines += _test_set_lines(report, ci)
     if report["plots"]:
@@ -343,6 +448,10 @@ def print_test_set(name, entry):
 
 
 __all__ = [
+    "COLUMNS",
+    "format_value",
+    "like_for_like_lines",
+    "lookup",
     "print_summary",
     "print_test_set",
     "render_markdown",

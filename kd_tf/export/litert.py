@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 
 from kd_tf.bert.encoder import INPUT_KEYS
-from kd_tf.export.report import ExportError
+from kd_tf.export.report import LATENCY_THREADS, ExportError
 from kd_tf.export.saved_model import track_weights
 
 
@@ -103,6 +103,64 @@ class LiteRTClassifier:
         return statistics.median(times)
 
 
+def interleaved_latency_ms(models, threads=LATENCY_THREADS, rounds=3, runs=20, warmup=3):
+    """Batch-1 LiteRT latency of several `.tflite` files, measured in turns so that they compare.
+
+    On a machine shared with other work, a model timed alone may run while something else holds the
+    cores. Here the models take turns: every round runs each model `runs` times in a row, and a model's
+    figure is its best round median. Each `(model, threads)` pair gets its own interpreter, created before
+    any timing starts. At 1 thread the interpreter runs in the calling thread, so its CPU time (which does
+    not count the time other processes hold the core) is measured too.
+
+    Args:
+        models: `{name: (path, inputs)}`: each `.tflite` file and a one-example input dict for it (int
+            `[1, seq_length]` arrays, its own tokenization of the same text).
+        threads: the interpreter thread counts to time.
+        rounds: rounds of turns.
+        runs: timed calls per model per round (after `warmup` untimed ones).
+        warmup: untimed calls before each model's timed calls.
+
+    Returns:
+        `{name: {"latency_ms": {"1": ms, "2": ms, ...}, "cpu_ms": {"1": ms}}}` (thread counts as strings,
+        as in JSON).
+
+    Raises:
+        ValueError: if a file is not a BERT classifier with the three named inputs (`LiteRTClassifier`).
+
+    Example:
+    ```python
+    times = interleaved_latency_ms({"teacher": ("t_int8.tflite", row), "student": ("s_int8.tflite", row)})
+    times["teacher"]["latency_ms"]["1"] / times["student"]["latency_ms"]["1"]  # the speed-up at 1 thread
+    ```
+    """
+    runners = {
+        (name, n): (LiteRTClassifier(path, num_threads=n), inputs)
+        for name, (path, inputs) in models.items()
+        for n in threads
+    }
+    wall = {key: float("inf") for key in runners}
+    cpu = {key: float("inf") for key in runners if key[1] == 1}
+    for _ in range(rounds):
+        for key, (runner, inputs) in runners.items():
+            for _ in range(warmup):
+                runner(inputs)
+            times = []
+            for _ in range(runs):
+                start_wall, start_cpu = time.perf_counter_ns(), time.thread_time_ns()
+                runner(inputs)
+                times.append((time.perf_counter_ns() - start_wall, time.thread_time_ns() - start_cpu))
+            wall[key] = min(wall[key], statistics.median(t[0] for t in times) / 1e6)
+            if key in cpu:
+                cpu[key] = min(cpu[key], statistics.median(t[1] for t in times) / 1e6)
+    return {
+        name: {
+            "latency_ms": {str(n): wall[(name, n)] for n in threads},
+            "cpu_ms": {str(n): cpu[(name, n)] for n in threads if (name, n) in cpu},
+        }
+        for name in models
+    }
+
+
 def tflite_operators(model_bytes):
     """The operators a .tflite uses: builtin names, custom ops as "CUSTOM:<name>".
 
@@ -153,7 +211,18 @@ def tflite_input_names(model_bytes):
 
 
 def write_tflite_source(student, seq_length, path):
-    """A SavedModel of the batch-1 probabilities function TFLite converts."""
+    """Writes a SavedModel of the batch-1 probabilities function TFLite converts (`convert_saved_model`).
+
+    Args:
+        student: a classifier from `kd_tf.classify.build_classifier` (logits out).
+        seq_length: the fixed sequence length of the three int32 inputs.
+        path: the folder to write.
+
+    Example:
+    ```python
+    write_tflite_source(student, 128, "/tmp/source")
+    ```
+    """
     import tensorflow as tf
 
     root = tf.Module()
@@ -204,7 +273,29 @@ def convert_to_tflite(model, seq_length, variant="float32", calibration_inputs=N
         return convert_saved_model(source, variant, calibration_inputs)
 
 
-def convert_saved_model(source, variant, calibration_inputs):
+def convert_saved_model(source, variant, calibration_inputs=None):
+    """Converts a SavedModel of `write_tflite_source` to one TFLite variant (builtin ops only).
+
+    `convert_to_tflite` writes the source and converts it; convert one source several times to get
+    several variants of the same model.
+
+    Args:
+        source: the folder `write_tflite_source` wrote.
+        variant: one of `VARIANTS`.
+        calibration_inputs: for `"full_int8"`, a dict of int32 `[N, seq_length]` arrays of real text.
+
+    Returns:
+        The `.tflite` flatbuffer as bytes.
+
+    Raises:
+        ExportError: if the conversion needs Flex or custom ops.
+
+    Example:
+    ```python
+    write_tflite_source(student, 128, "/tmp/source")
+    sizes = {v: len(convert_saved_model("/tmp/source", v)) for v in ("float32", "dynamic_int8")}
+    ```
+    """
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(source, signature_keys=["serving_default"])

@@ -111,7 +111,18 @@ class ExportReport(ReportFiles):
             `normalize_for_mobile` (`max_abs_diff`, `label_agreement`) and on
             the raw texts (`raw_max_abs_diff`, `raw_label_agreement`,
             `texts_changed_by_folding`: texts the fold changes beyond the ASCII
-            lower-casing MediaPipe does itself).
+            lower-casing MediaPipe does itself); also `model_bytes` (the
+            file without its MediaPipe metadata, what a like-for-like size
+            compares) and `cpu_ms` (CPU time at 1 thread). Latencies come
+            from `kd_tf.export.litert.interleaved_latency_ms`, the variants
+            (and the teacher's files) taking turns.
+        teacher: the teacher's like-for-like figures when a teacher was
+            given: `tflite` (by variant: `size_bytes`, `latency_ms`,
+            `cpu_ms`, timed in the same turns as the student's files) and
+            `source` (what the files were converted from).
+        like_for_like: `kd_tf.classify.evaluate.like_for_like(teacher,
+            student)`: size ratio and speed-ups by variant, only between
+            files of the same variant.
         calibration: where the full int8 calibration texts came from
             (`source`, `texts`) and the `rows` they were joined into (see
             `kd_tf.export.litert.calibration_rows`: no padding in calibration rows).
@@ -140,6 +151,8 @@ class ExportReport(ReportFiles):
     failures: list = dataclasses.field(default_factory=list)
     environment: dict = dataclasses.field(default_factory=dict)
     created: str = ""
+    teacher: dict = dataclasses.field(default_factory=dict)
+    like_for_like: dict = dataclasses.field(default_factory=dict)
 
     def to_markdown(self):
         """The report as a Markdown page (tables of sizes, agreement, latency)."""
@@ -191,21 +204,50 @@ class ExportReport(ReportFiles):
             )
         lines += [
             "",
-            "Latency: median of repeated batch-1 runs of the LiteRT "
-            "interpreter on this machine. MediaPipe columns: "
-            "TextClassifier on the texts folded by "
+            "Latency: batch-1 LiteRT interpreter on this machine, the "
+            "variants taking turns, each the best round median. MediaPipe "
+            "columns: TextClassifier on the texts folded by "
             "`normalize_for_mobile`; raw-text agreement: on the texts "
             "as given.",
-            "",
-            "## Thresholds",
-            "",
         ]
+        lines += self._like_for_like_lines(num)
+        lines += ["", "## Thresholds", ""]
         lines += [f"- {k}: {v}" for k, v in self.thresholds.items()]
         if self.failures:
             lines += ["", "## Failures", ""] + [f"- {f}" for f in self.failures]
         lines += ["", "## Files", "", "| file | bytes |", "|---|---:|"]
         lines += [f"| `{k}` | {v:,} |" for k, v in sorted(self.files.items())]
         return "\n".join(lines) + "\n"
+
+    def _like_for_like_lines(self, num):
+        if not self.like_for_like:
+            return []
+        teacher = self.teacher.get("tflite", {})
+        lines = [
+            "",
+            "## Like for like with the teacher",
+            "",
+            f"The teacher's `.tflite` files of the same variants at sequence length {self.seq_length} "
+            f"({self.teacher.get('source', 'given')}), timed in the same turns as the student's. Ratios "
+            f"only compare two files of the same variant; sizes without the MediaPipe metadata, which only "
+            f"the student's files carry.",
+            "",
+            "| variant | teacher MB | student MB | student / teacher bytes | teacher ms (1 / 2 threads) | "
+            "student ms (1 / 2 threads) | speed-up (1 / 2 threads) | speed-up, CPU time (1 thread) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for variant, ratio in self.like_for_like.items():
+            t, s = teacher[variant], self.tflite[variant]
+            speedup = ratio.get("speedup", {})
+            lines.append(
+                f"| {variant} | {t['size_bytes'] / 1e6:.2f} | {s['model_bytes'] / 1e6:.2f} | "
+                f"{num(ratio.get('size_ratio'), '.3f')} | "
+                f"{num(t['latency_ms'].get('1'), '.2f')} / {num(t['latency_ms'].get('2'), '.2f')} | "
+                f"{num(s['latency_ms'].get('1'), '.2f')} / {num(s['latency_ms'].get('2'), '.2f')} | "
+                f"{num(speedup.get('1'), '.2f')}x / {num(speedup.get('2'), '.2f')}x | "
+                f"{num(ratio.get('cpu_speedup', {}).get('1'), '.2f')}x |"
+            )
+        return lines
 
     def _folder_mb(self, folder):
         total = sum(v for k, v in self.files.items() if k.startswith(folder + "/"))

@@ -16,13 +16,15 @@ out_dir/
                           float32 probabilities out; BERT tokenizer and label
                           metadata for MediaPipe Tasks TextClassifier
   labels.txt              the label names, one a line, in output order
-  export_report.json/.md  sizes, differences, label agreement, latency
+  export_report.json/.md  sizes, differences, label agreement, latency (and,
+                          given a teacher, its like-for-like sizes and latency)
 ```
 
 `export_student` runs six steps, one function each: (1) `_check_inputs` refuses unsuitable input before
 anything is written; (2) `_keras_reference` computes the Keras student's probabilities; (3)
 `_export_serving`, (4) `_export_hub_format` and (5) `_export_tflite` write each form and compare it with
-them; (6) `_finish` gives the verdict. Everything is written into a hidden sibling folder that is renamed
+them, and `like_for_like.time_tflite` times every `.tflite` (and a given teacher's, like for like);
+(6) `_finish` gives the verdict. Everything is written into a hidden sibling folder that is renamed
 to `out_dir` only when every check passed, so a failed export never leaves a folder that looks complete.
 See docs/mobile.md for the app side.
 """
@@ -51,6 +53,7 @@ from kd_tf.export.checks import (
     local_folder,
     prepare_out_dir,
 )
+from kd_tf.export.like_for_like import check_teacher, time_tflite
 from kd_tf.export.litert import (
     LiteRTClassifier,
     calibration_rows,
@@ -60,7 +63,7 @@ from kd_tf.export.litert import (
     tokenize,
     write_tflite_source,
 )
-from kd_tf.export.report import GATED_VARIANTS, LATENCY_THREADS, VARIANTS, ExportError, ExportReport
+from kd_tf.export.report import GATED_VARIANTS, VARIANTS, ExportError, ExportReport
 from kd_tf.export.saved_model import write_hub_encoder, write_serving
 
 
@@ -80,6 +83,9 @@ def export_student(
     max_float32_diff=1e-4,
     min_label_agreement=0.99,
     latency_runs=50,
+    latency_rounds=3,
+    teacher=None,
+    teacher_preprocessor=None,
     verbose=False,
 ):
     """Exports a trained student for servers and phones and verifies every file.
@@ -119,15 +125,26 @@ def export_student(
             .tflite, MediaPipe float32).
         min_label_agreement: smallest allowed label agreement of float16 and
             dynamic int8 (LiteRT and MediaPipe). Full int8 is reported only.
-        latency_runs: batch-1 runs whose median is each latency.
+        latency_runs: batch-1 runs per round (see `latency_rounds`).
+        latency_rounds: rounds in which the variants (and the teacher's
+            files) take turns; each latency is the best round median
+            (`kd_tf.export.litert.interleaved_latency_ms`).
+        teacher: the teacher, to report like-for-like sizes and speed-ups:
+            its Keras classifier (converted here to the float32 and dynamic
+            int8 variants the export writes), or its `.tflite` files as
+            `{variant: path}`. Its files are timed in the same turns as the
+            student's; nothing of it is written to `out_dir`.
+        teacher_preprocessor: the teacher's preprocessor (handle, folder or
+            `HubPreprocessor`), to feed it its own tokens of the same text;
+            by default the student's (the same vocabulary).
         verbose: print progress.
 
     Returns:
         The `ExportReport` (also saved in `out_dir`).
 
     Raises:
-        ExportError: the student, labels, texts, preprocessor or `out_dir`
-            are unsuitable (before anything is written), a conversion needs
+        ExportError: the student, labels, texts, preprocessor, teacher or
+            `out_dir` are unsuitable (before anything is written), a conversion needs
             non-builtin ops, or an exported form differs from the Keras
             student beyond the limits (`error.report` holds the numbers). In
             every case `out_dir` is left as it was.
@@ -156,6 +173,8 @@ def export_student(
         metadata,
         vocab_file,
         allow_untrained,
+        teacher,
+        teacher_preprocessor,
     )
     plan.log = (lambda message: print(message, flush=True)) if verbose else (lambda message: None)
     report = ExportReport(
@@ -172,13 +191,14 @@ def export_student(
         environment=environment(),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
-    limits = _Limits(max_float32_diff, min_label_agreement, latency_runs)
+    limits = _Limits(max_float32_diff, min_label_agreement, latency_runs, latency_rounds)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(plan.out_dir)}.tmp-", dir=plan.parent)
     try:
         inputs, reference = _keras_reference(plan)
         _export_serving(plan, tmp, reference, report, limits)
         _export_hub_format(plan, tmp, inputs, report, limits)
-        _export_tflite(plan, tmp, inputs, reference, report, limits)
+        first = _export_tflite(plan, tmp, inputs, reference, report, limits)
+        time_tflite(plan, tmp, first, report, limits)
         _finish(plan, tmp, report)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -207,6 +227,8 @@ class _Plan:
     vocab_file: str
     out_dir: str
     parent: str
+    teacher: object = None
+    teacher_preprocessor: object = None
     log: object = None
 
 
@@ -215,6 +237,7 @@ class _Limits:
     max_float32_diff: float
     min_label_agreement: float
     latency_runs: int
+    latency_rounds: int
 
 
 def _check_inputs(
@@ -230,6 +253,8 @@ def _check_inputs(
     metadata,
     vocab_file,
     allow_untrained,
+    teacher=None,
+    teacher_preprocessor=None,
 ):
     """Step 1: refuse unsuitable input before anything is written."""
     import keras
@@ -292,6 +317,9 @@ def _check_inputs(
                 f"other token ids. Use an uncased preprocessor, or export with "
                 f"metadata=False and tokenize in the app."
             )
+    teacher, teacher_preprocessor = check_teacher(
+        teacher, teacher_preprocessor, preprocessor, len(label_names), seq_length, variants
+    )
     out_dir, parent = prepare_out_dir(out_dir)
     return _Plan(
         student=student,
@@ -310,6 +338,8 @@ def _check_inputs(
         vocab_file=vocab_file,
         out_dir=out_dir,
         parent=parent,
+        teacher=teacher,
+        teacher_preprocessor=teacher_preprocessor,
     )
 
 
@@ -381,6 +411,7 @@ def _export_tflite(plan, tmp, inputs, reference, report, limits):
     for variant in plan.variants:
         plan.log(f"TFLite {variant} ...")
         model = convert_saved_model(source, variant, calibration_inputs)
+        model_bytes = len(model)
         relative = f"tflite/model_{variant}.tflite"
         path = os.path.join(tmp, relative)
         if plan.metadata:
@@ -389,12 +420,13 @@ def _export_tflite(plan, tmp, inputs, reference, report, limits):
             )
         with open(path, "wb") as f:
             f.write(model)
-        result = {"path": relative, "size_bytes": len(model), "operators": tflite_operators(model)}
-        result.update(compare(LiteRTClassifier(path).predict(inputs), reference))
-        result["latency_ms"] = {
-            str(n): LiteRTClassifier(path, num_threads=n).latency_ms(first, runs=limits.latency_runs)
-            for n in LATENCY_THREADS
+        result = {
+            "path": relative,
+            "size_bytes": len(model),
+            "model_bytes": model_bytes,
+            "operators": tflite_operators(model),
         }
+        result.update(compare(LiteRTClassifier(path).predict(inputs), reference))
         checks = [("LiteRT", result)]
         if plan.metadata:
             classes = len(plan.label_names)
@@ -424,9 +456,10 @@ def _export_tflite(plan, tmp, inputs, reference, report, limits):
                 )
         plan.log(
             f"  {len(model) / 1e6:.2f} MB, max diff {result['max_abs_diff']:.2e}, agreement "
-            f"{result['label_agreement']:.2%}, {result['latency_ms']['1']:.2f} ms (1 thread)"
+            f"{result['label_agreement']:.2%}"
         )
     shutil.rmtree(source)
+    return first
 
 
 def _finish(plan, tmp, report):

@@ -7,6 +7,11 @@
 * `classification_data`: its data, splits and their fingerprints.
 * `students`: the distilled and the label-only student, trained for one seed.
 * `seeds`: the seeds step (both students again with more seeds, scored on the test split).
+* `teacher`: the teacher's handles, fine-tuning and cached logits.
+* `student_init`: the encoder a student starts from (cut, sliced narrower, vocabulary pruned).
+* `hidden_states`: hidden-state distillation (`distill.hidden_states`).
+* `measure`: every model measured alike (test predictions, the same `.tflite` files timed in turns).
+* `sweep`: `SweepRun`, the compression sweep (`kd-tf sweep`).
 * `finished_run`: a finished run opened from its folder (`open_run`, `predict_texts`).
 * `test_sets`: its models scored on other labelled files (`evaluate_test_file`).
 """
@@ -18,6 +23,7 @@ from kd_tf.pipeline.finished_run import open_run, predict_texts, read_texts
 from kd_tf.pipeline.run_folder import PipelineError, RunFolder
 from kd_tf.pipeline.runner import STEPS, Pipeline
 from kd_tf.pipeline.students import seed_values
+from kd_tf.pipeline.sweep import SweepRun
 from kd_tf.pipeline.test_sets import evaluate_test_file
 
 __all__ = [
@@ -26,6 +32,7 @@ __all__ = [
     "Pipeline",
     "PipelineError",
     "RunFolder",
+    "SweepRun",
     "data_fingerprint",
     "evaluate_test_file",
     "load_splits",

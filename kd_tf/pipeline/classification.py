@@ -10,73 +10,40 @@
    `student/`.
 4. `baseline`: the same student, same initialisation and budget, on labels
    alone -> `baseline/` (what distillation bought).
-5. `evaluate`: every model on the held-out test split: predictions, quality,
-   size, CPU latency and throughput -> `predictions/`, `evaluation.json`.
+5. `evaluate`: every model on the held-out test split, each tokenized by its
+   own preprocessor: predictions, quality, size, Keras CPU latency, and the
+   same float32 and dynamic-int8 `.tflite` files of every model timed in
+   LiteRT in turns (`kd_tf.pipeline.measure`) -> `predictions/`, `tflite/`,
+   `evaluation.json`.
 6. `export`:   the distilled student as serving SavedModel, TF-Hub-format
-   encoder and TFLite files with mobile metadata -> `export/`.
+   encoder and TFLite files with mobile metadata, beside the teacher's
+   `.tflite` files like for like -> `export/`.
 7. `seeds`:    with `distill.seeds` > 1, steps 3 and 4 again with more seeds,
    each pair scored on the test split -> `seeds/` (`kd_tf.pipeline.seeds`).
 8. `report`:   `report.json`, `report.md` and plots, recomputed from the saved
    predictions.
 
-The data and its splits come from `classification_data`; the students from `students`; fitting (stop on
-a non-finite loss, best finite epoch) from `training`. Training never saves non-finite weights, and no
-step loads them. A finished run is opened again by `kd_tf.pipeline.finished_run` (predictions on new
-texts, scores on other labelled files).
+The data and its splits come from `classification_data`; the students from `students` (the encoder they
+start from, cut, sliced narrower or with a pruned vocabulary and its own preprocessor, from
+`student_init`); fitting (stop on a non-finite loss, best finite epoch) from `training`. A compression
+sweep runs the student steps once per student (`kd_tf.pipeline.sweep`); the teacher's steps are in
+`teacher`. Training never saves non-finite weights, and no step loads them. A finished run is opened
+again by `kd_tf.pipeline.finished_run` (predictions on new texts, scores on other labelled files).
 """
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
-
-from kd_tf.json_files import strict_json, write_json
-from kd_tf.pipeline.classification_data import data_fingerprint, load_splits, pin_splits
+from kd_tf.json_files import strict_json
+from kd_tf.pipeline.classification_data import load_splits, pin_splits
 from kd_tf.pipeline.run_folder import PipelineError
+from kd_tf.pipeline.teacher import resolve_teacher_handles
 
 MODEL_ROLES = ("teacher", "student", "baseline")
 TRAINING_STEPS = {"teacher": "teacher", "student": "distill", "baseline": "baseline"}
 """The step that trains each model of a run."""
 REPORT_FILES = ("report.json", "report.md")
-
-
-def _log(message):
-    print(message, flush=True)
-
-
-def resolve_teacher_handles(config):
-    """`(encoder, preprocessor)` handles of the teacher of a run config.
-
-    A local preset (`kd-tf:all-MiniLM-L6-v2`) is converted once into `kd_tf.paths.model_cache_dir()`
-    and brings its own preprocessor.
-
-    Args:
-        config: a `kd_tf.config.RunConfig`.
-
-    Returns:
-        `(encoder handle, preprocessor handle)`.
-
-    Raises:
-        PipelineError: if no preprocessor is given for a teacher that brings none.
-
-    Example:
-    ```python
-    encoder, preprocessor = resolve_teacher_handles(load_config("configs/demo.yaml"))
-    ```
-    """
-    from kd_tf.bert.presets import LOCAL_PRESETS, preset_folders
-
-    encoder, preprocessor = config.teacher.encoder, config.teacher.preprocessor
-    if encoder in LOCAL_PRESETS:
-        folders = preset_folders(encoder, log=_log)
-        encoder, preprocessor = folders["encoder"], preprocessor or folders["preprocessor"]
-    if preprocessor is None:
-        raise PipelineError(
-            "teacher.preprocessor: give a TF Hub preprocessor handle "
-            "(only kd-tf:all-MiniLM-L6-v2 brings its own)."
-        )
-    return encoder, preprocessor
 
 
 class ClassificationRun:
@@ -90,6 +57,8 @@ class ClassificationRun:
         config: a `kd_tf.config.RunConfig`.
         folder: the run's `kd_tf.pipeline.RunFolder`.
         verbose: Keras progress bars (1) or one line per epoch (2).
+        student_dir: the folder of the students' outputs, relative to the run folder (None: the run's own
+            folder; `sweep/<name>` for a student of a sweep, see `with_student`).
 
     Example:
     ```python
@@ -100,22 +69,67 @@ class ClassificationRun:
 
     steps = ("teacher", "cache", "distill", "baseline", "evaluate", "export", "seeds", "report")
 
-    def __init__(self, config, folder, verbose=1):
+    def __init__(self, config, folder, verbose=1, student_dir=None):
         self.config = config
         self.folder = folder
         self.verbose = verbose
+        self.student_dir = student_dir
         self._splits = None
         self._handles = None
-        self._preprocessor = None
+        self._preprocessors = {}
         self._teacher_logits = None
+
+    def with_student(self, student, student_dir):
+        """The same run with another student section, whose outputs go to `student_dir` (a sweep's).
+
+        The splits, the teacher and its cached logits are shared, not reloaded.
+
+        Args:
+            student: a `kd_tf.config.StudentConfig`.
+            student_dir: its folder, relative to the run folder.
+
+        Returns:
+            A `ClassificationRun`.
+
+        Example:
+        ```python
+        one = run.with_student(dataclasses.replace(run.config.student, hidden_size=256), "sweep/h256")
+        one.step_distill()
+        ```
+        """
+        import dataclasses
+
+        other = ClassificationRun(
+            dataclasses.replace(self.config, student=student), self.folder, self.verbose, student_dir
+        )
+        other._splits, other._handles, other._teacher_logits = (
+            self._splits,
+            self._handles,
+            self._teacher_logits,
+        )
+        other._preprocessors = {k: v for k, v in self._preprocessors.items() if k[0] == self.handles[1]}
+        return other
+
+    def student_path(self, *parts):
+        """A path of the students' outputs (in `student_dir`)."""
+        return self.folder.path(*([self.student_dir] if self.student_dir else []), *parts)
+
+    def relative(self, *parts):
+        """`student_path(*parts)` relative to the run folder (what `RunFolder.set_aside` takes)."""
+        return os.path.join(*([self.student_dir] if self.student_dir else []), *parts)
+
+    def set_aside(self, names):
+        """`RunFolder.set_aside` of outputs of the running step, names relative to the run folder."""
+        self.folder.set_aside(names)
 
     # -------------------------------------------------------------- checks before anything runs
     def skips(self, step):
-        """Whether the config leaves `step` out (no label-only baseline, no teacher cache, one seed)."""
+        """Whether the config leaves `step` out: no label-only baseline; no teacher cache (not cached, or
+        hidden-state distillation, which runs the teacher live); one seed."""
         distill = self.config.distill
         return (
             (step == "baseline" and not distill.baseline)
-            or (step == "cache" and not distill.cache_teacher)
+            or (step == "cache" and (not distill.cache_teacher or distill.hidden_states))
             or (step == "seeds" and distill.seeds == 1)
         )
 
@@ -127,8 +141,8 @@ class ClassificationRun:
         """Checks what can be checked before the teacher trains: can the student be cut from it?
 
         Raises:
-            PipelineError: if `student.init_layers` cannot be cut from the teacher (a published TF Hub
-                teacher, or blocks beyond a local teacher's depth).
+            PipelineError: if the student cannot be cut from the teacher (a published TF Hub teacher,
+                blocks beyond a local teacher's depth, sizes larger than its own).
         """
         s, teacher = self.config.student, self.config.teacher.encoder
         if s.encoder is not None:
@@ -149,16 +163,26 @@ class ClassificationRun:
                 f"teacher encoder written by kd-tf; {teacher} is not one. Set student.encoder to a TF Hub "
                 f"handle (e.g. a small BERT), or use a kd-tf teacher (kd-tf:all-MiniLM-L6-v2)."
             )
-        self.check_layers(depth, teacher)
+        self.check_shape(hub_format.read_encoder_metadata(teacher)["config"], teacher)
 
-    def check_layers(self, depth, teacher):
-        """Raises PipelineError if `student.init_layers` names a block beyond the teacher's `depth`."""
-        layers = self.config.student.init_layers
-        if max(layers) >= depth:
-            raise PipelineError(
-                f"student.init_layers: {layers} names block {max(layers)}, but the teacher {teacher} has "
-                f"{depth} blocks (0..{depth - 1}). Choose blocks that exist."
+    def check_shape(self, teacher_config, teacher, student=None, key="student", num_layers=None):
+        """Raises PipelineError if the student cannot be cut from a teacher of this shape.
+
+        Args:
+            teacher_config: the teacher encoder's config dict (`num_layers`, `hidden_size`, ...).
+            teacher: its name or folder, for messages.
+            student: the `StudentConfig` to check (default the run's).
+            key: its config key, for messages.
+            num_layers: a sweep student's depth instead of `init_layers`.
+        """
+        from kd_tf import config as config_lib
+
+        try:
+            config_lib.check_student_shape(
+                student or self.config.student, teacher_config, teacher, key, num_layers=num_layers
             )
+        except config_lib.ConfigError as e:
+            raise PipelineError(f"{e} Choose a shape the teacher can give.") from None
 
     # -------------------------------------------------------------- shared pieces
     @property
@@ -179,27 +203,59 @@ class ClassificationRun:
 
     @property
     def preprocessor(self):
-        if self._preprocessor is None:
-            from kd_tf.bert import HubPreprocessor
+        """The teacher's `HubPreprocessor` at `data.seq_length`."""
+        return self.preprocessor_for("teacher")
 
-            self._preprocessor = HubPreprocessor(self.handles[1], seq_length=self.config.data.seq_length)
-        return self._preprocessor
+    def preprocessor_handle(self, role):
+        """The preprocessor of `role`: the teacher's, or the student's own (a pruned vocabulary)."""
+        from kd_tf.pipeline.student_init import student_files
 
-    def dataset(self, data, shuffle=False, seed=None, **kwargs):
-        """`kd_tf.classify.make_dataset` with the run's tokenizer, batch size, bucketing and seed."""
+        return self.handles[1] if role == "teacher" else student_files(self).preprocessor
+
+    def preprocessor_for(self, role, seq_length=None):
+        """The `HubPreprocessor` of `role` at `seq_length` (default `data.seq_length`), loaded once."""
+        from kd_tf.bert import HubPreprocessor
+
+        key = (self.preprocessor_handle(role), seq_length or self.config.data.seq_length)
+        if key not in self._preprocessors:
+            self._preprocessors[key] = HubPreprocessor(key[0], seq_length=key[1])
+        return self._preprocessors[key]
+
+    def dataset(self, data, shuffle=False, seed=None, role="teacher", **kwargs):
+        """`kd_tf.classify.make_dataset` with the tokenizer of `role`, the run's batch size, bucketing, seed.
+
+        Args:
+            data: a `TextDataset`.
+            shuffle: reshuffle every epoch.
+            seed: the shuffle seed (default the run's).
+            role: whose preprocessor tokenizes: "teacher", or "student"/"baseline" (the student's own
+                when its vocabulary is pruned).
+            **kwargs: more `make_dataset` arguments (`bucketing`, `teacher_outputs`, ...).
+
+        Example:
+        ```python
+        run.dataset(run.splits["test"], role="student", bucketing=False)
+        ```
+        """
         from kd_tf import classify as data_lib
 
         d = self.config.data
         kwargs.setdefault("bucketing", d.bucketing)
         seed = self.config.seed if seed is None else seed
         return data_lib.make_dataset(
-            data, self.preprocessor, batch_size=d.batch_size, shuffle=shuffle, seed=seed, **kwargs
+            data, self.preprocessor_for(role), batch_size=d.batch_size, shuffle=shuffle, seed=seed, **kwargs
         )
 
     def _callbacks(self, name):
         import keras
 
-        return [keras.callbacks.TensorBoard(self.folder.path("logs", name))]
+        return [keras.callbacks.TensorBoard(self.student_path("logs", name))]
+
+    def model_path(self, role):
+        """The `.keras` file of `role`: the teacher's in the run folder, the students' in `student_dir`."""
+        if role == "teacher":
+            return self.folder.path("teacher", "model.keras")
+        return self.student_path(role, "model.keras")
 
     def load_model(self, role):
         """The trained Keras model of `role` ("teacher", "student" or "baseline").
@@ -211,7 +267,7 @@ class ClassificationRun:
 
         from kd_tf.pipeline import training
 
-        path = self.folder.path(role, "model.keras")
+        path = self.model_path(role)
         if not os.path.exists(path):
             raise PipelineError(f"{path} does not exist: run the step that trains the {role} first.")
         model = keras.saving.load_model(path, compile=False)
@@ -232,7 +288,7 @@ class ClassificationRun:
 
         return resolve_jit_compile(self.jit())
 
-    def fit(self, trainer, model, train_ds, patience, section, what, log_name):
+    def fit(self, trainer, model, train_ds, patience, section, what, log_name, role="teacher"):
         """Fits `trainer` (`model` itself or a Distiller) and leaves `model` with its best finite epoch.
 
         Args:
@@ -243,6 +299,7 @@ class ClassificationRun:
             section: the config section of its settings (`"teacher"` or `"student"`).
             what: the model in words, for messages.
             log_name: its TensorBoard folder under `logs/`.
+            role: whose preprocessor tokenizes the validation split.
 
         Returns:
             A `kd_tf.pipeline.training.FitResult`.
@@ -254,7 +311,7 @@ class ClassificationRun:
             trainer,
             model,
             train_ds,
-            self.dataset(self.splits["validation"]),
+            self.dataset(self.splits["validation"], role=role),
             epochs=getattr(self.config, section).epochs,
             patience=patience,
             callbacks=self._callbacks(log_name),
@@ -270,10 +327,12 @@ class ClassificationRun:
         what = {"teacher": "the teacher", "student": "the distilled student"}.get(
             role, "the label-only student"
         )
-        self.folder.set_aside([role] + (["student_init"] if role == "teacher" else []))
-        os.makedirs(self.folder.path(role))
-        training.save_model(model, self.folder.path(role, "model.keras"), what)
-        result.save(self.folder.path(role, "history.json"))
+        names = ["teacher", "student_init"] if role == "teacher" else [self.relative(role)]
+        self.set_aside(names)
+        path = self.model_path(role)
+        os.makedirs(os.path.dirname(path))
+        training.save_model(model, path, what)
+        result.save(os.path.join(os.path.dirname(path), "history.json"))
         return {
             "training_seconds": result.seconds,
             "best_val_accuracy": result.best_val_accuracy,
@@ -283,45 +342,10 @@ class ClassificationRun:
 
     # -------------------------------------------------------------- steps
     def step_teacher(self):
-        import keras
+        from kd_tf.pipeline import teacher
 
-        from kd_tf.bert import hub_format
-        from kd_tf.classify import models
-        from kd_tf.pipeline import training
-
-        t, d = self.config.teacher, self.config.data
         self._teacher_logits = None  # of the teacher being replaced
-        keras.utils.set_random_seed(self.config.seed)
-        splits = self.splits
-        model = models.build_classifier(
-            self.handles[0],
-            len(splits["label_names"]),
-            pooling=t.pooling,
-            dropout=t.dropout,
-            freeze_word_embeddings=t.freeze_word_embeddings,
-            name="teacher",
-        )
-        total = training.steps_per_epoch(len(splits["train"]), d.batch_size) * t.epochs
-        model.compile(
-            optimizer=training.optimizer(t.learning_rate, t.weight_decay, t.warmup_fraction, total),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=self.jit_for_keras(),
-        )
-        train_ds = self.dataset(splits["train"], shuffle=True)
-        result = self.fit(
-            model, model, train_ds, t.early_stopping_patience, "teacher", "the teacher", "teacher"
-        )
-        details = self._save("teacher", model, result)
-        encoder = models.find_encoder(model)
-        hub_dir = self.folder.path("teacher", "hub_encoder")
-        if os.path.exists(os.path.join(encoder.handle, hub_format.METADATA_FILE)):
-            # The fine-tuned encoder in TF Hub format: students are cut from it.
-            keras_encoder = hub_format.load_bert_encoder(encoder.handle, variables=encoder.saved_variables)
-            hub_format.save_bert_encoder(keras_encoder, hub_dir)
-        else:  # a published TF Hub encoder: kd-tf cannot rebuild its architecture
-            hub_dir = None
-        return {**details, "hub_encoder": hub_dir}
+        return teacher.train_teacher(self)
 
     def train_set(self):
         """Labelled training texts plus the transfer set (labelled -1), in a fixed order."""
@@ -331,7 +355,7 @@ class ClassificationRun:
         return splits["train"].add_unlabeled(splits["transfer"])
 
     def teacher_logits(self):
-        """The teacher's logits over `train_set()`, from its cache (computed if missing).
+        """The teacher's logits over `train_set()`, from its cache (computed if missing, then kept).
 
         Returns:
             `(cache key, logits [N, C] numpy array)` in the order of the texts.
@@ -339,28 +363,11 @@ class ClassificationRun:
         Raises:
             PipelineError: if a logit is not finite (nothing is distilled from it).
         """
-        from kd_tf.distill import TeacherCache
+        if self._teacher_logits is None:
+            from kd_tf.pipeline import teacher
 
-        if self._teacher_logits is not None:
-            return self._teacher_logits
-        data = self.train_set()
-        cache = TeacherCache(
-            self.folder.path("teacher_cache"),
-            self.load_model("teacher"),
-            batch_size=self.config.data.batch_size,
-            progress=self.verbose == 1,
-        )
-        dataset = self.dataset(data, bucketing=False, include_labels=False).unbatch()
-        key = cache.build(dataset, dataset_id=f"{data_fingerprint(data)}/{self.config.data.seq_length}")
-        logits = np.asarray(cache.load(key)["logits"])
-        bad = int(np.sum(~np.isfinite(logits).all(axis=-1)))
-        if bad:
-            raise PipelineError(
-                f"the teacher's cached logits ({cache.path(key)}) are not finite for {bad} of "
-                f"{len(logits)} texts; delete that folder and rerun the teacher step with --force."
-            )
-        self._teacher_logits = key, logits
-        return key, logits
+            self._teacher_logits = teacher.cached_logits(self)
+        return self._teacher_logits
 
     def step_cache(self):
         key, logits = self.teacher_logits()
@@ -383,48 +390,18 @@ class ClassificationRun:
         return [r for r in MODEL_ROLES if r != "baseline" or self.config.distill.baseline]
 
     def step_evaluate(self):
-        import tensorflow as tf
+        from kd_tf.pipeline import measure
 
-        from kd_tf import export
-        from kd_tf.classify import evaluate, models
-
-        e = self.config.evaluate
-        test = self.splits["test"]
-        test_ds = self.dataset(test, bucketing=False)
-        texts = [str(t) for t in test.texts[: e.throughput_examples]]
-        speed_inputs = self.preprocessor(tf.constant(texts))
-        trained = {role: self.load_model(role) for role in self.roles()}
-        self.folder.set_aside(["predictions", "savedmodel", "evaluation.json"])
-        results = {}
-        for role, model in trained.items():
-            logits, labels = evaluate.predict_logits(model, test_ds)
-            evaluate.save_predictions(
-                self.folder.path("predictions", f"{role}.npz"), logits, labels, ids=test.ids
-            )
-            speed = evaluate.measure_speed(
-                model, speed_inputs, runs=e.latency_runs, throughput_batch=self.config.data.batch_size
-            )
-            saved = self.folder.path("savedmodel", role)
-            model.export(saved, verbose=False)
-            encoder = models.find_encoder(model)
-            config = _encoder_config(encoder.handle)
-            tflite = export.convert_to_tflite(model, self.config.export.seq_length)
-            results[role] = {
-                "parameters": models.parameter_count(model),
-                "savedmodel_bytes": evaluate.directory_bytes(saved),
-                "tflite_bytes": len(tflite),
-                "layers": config.get("num_layers"),
-                "hidden_size": config.get("hidden_size"),
-                "encoder": encoder.handle,
-                **speed,
-            }
-            _log(
-                f"  {role}: accuracy {np.mean(logits.argmax(1) == labels):.4f}, "
-                f"{results[role]['parameters']:,} parameters, "
-                f"{speed['latency_ms']:.1f} ms at batch 1"
-            )
-        write_json(self.folder.path("evaluation.json"), results)
+        results = measure.evaluate_models(self, self.roles())
         return {"models": list(results)}
+
+    def teacher_tflite(self):
+        """The teacher's like-for-like `.tflite` files of the evaluate step, `{variant: path}`."""
+        from kd_tf.classify.evaluate import LIKE_FOR_LIKE_VARIANTS
+        from kd_tf.pipeline.measure import tflite_path
+
+        files = {v: self.folder.path(tflite_path("", "teacher", v)) for v in LIKE_FOR_LIKE_VARIANTS}
+        return {v: p for v, p in files.items() if os.path.exists(p)}
 
     def step_export(self):
         from kd_tf import export
@@ -433,17 +410,21 @@ class ClassificationRun:
             return {"skipped": True}
         student = self.load_model("student")
         train = self.splits["train"]
-        self.folder.set_aside(["export"])
+        self.set_aside([self.relative("export")])
         result = export.export_student(
             student,
-            self.folder.path("export"),
-            preprocessor=self.handles[1],
+            self.student_path("export"),
+            preprocessor=self.preprocessor_handle("student"),
             label_names=self.splits["label_names"],
             # 300 texts: the 99% label-agreement gate then tolerates 3 flips.
             sample_texts=[str(t) for t in self.splits["test"].texts[:300]],
             calibration_texts=[str(t) for t in train.texts[:200]],
             seq_length=self.config.export.seq_length,
             variants=tuple(self.config.export.variants),
+            latency_runs=self.config.evaluate.latency_runs,
+            latency_rounds=self.config.evaluate.latency_rounds,
+            teacher=self.teacher_tflite() or None,
+            teacher_preprocessor=self.handles[1],
         )
         return {"files": strict_json(result)}
 
@@ -460,12 +441,3 @@ class ClassificationRun:
         paths = report.write_report(built, self.folder.root)
         report.print_summary(built)
         return {"files": paths}
-
-
-def _encoder_config(handle):
-    from kd_tf.bert import hub_format
-
-    try:
-        return hub_format.read_encoder_metadata(handle)["config"]
-    except (ValueError, OSError):
-        return {}

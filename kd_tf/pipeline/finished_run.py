@@ -178,9 +178,9 @@ def predict_texts(run_dir, texts, roles=None):
     available = trained_roles(run)
     roles = list(roles or available)
     _check_roles(roles, available, run)
-    dataset = run.dataset(TextDataset(texts=texts), bucketing=False, include_labels=False)
     probabilities = {}
-    for role in roles:
+    for role in roles:  # each model reads its own tokens (a student may have its own vocabulary)
+        dataset = run.dataset(TextDataset(texts=texts), bucketing=False, include_labels=False, role=role)
         logits = np.asarray(run.load_model(role).predict(dataset, verbose=0), np.float64)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities[role] = shifted / shifted.sum(axis=1, keepdims=True)

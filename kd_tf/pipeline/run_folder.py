@@ -28,6 +28,7 @@ import os
 import shutil
 import socket
 import sys
+import urllib.parse
 import uuid
 
 from kd_tf import config as config_lib
@@ -171,8 +172,11 @@ class RunFolder:
     def _marker_path(self, step):
         return self.path("steps", f"{step}.running")
 
-    def _aside(self, step, *parts):
-        return self.path(".aside", step, *parts)
+    def _aside(self, step, name=None):
+        """Where a step's previous output `name` lies while it runs (a nested name is one flat entry)."""
+        if name is None:
+            return self.path(".aside", step)
+        return self.path(".aside", step, urllib.parse.quote(name, safe=""))
 
     def record(self, step):
         """The record of a finished step, or None (never finished, or unreadable)."""
@@ -208,7 +212,8 @@ class RunFolder:
         """Moves the running step's previous outputs away, to be restored if the step does not finish.
 
         Args:
-            names: entries of the run folder the step (re)writes, e.g. `["teacher", "student_init"]`.
+            names: entries of the run folder the step (re)writes, e.g. `["teacher", "student_init"]`, or
+                paths inside it (`"sweep/h256"`).
         """
         step = self._marker["step"]
         self._marker["outputs"] = sorted(set(self._marker["outputs"]) | set(names))
@@ -262,11 +267,15 @@ class RunFolder:
     def _restore(self, marker):
         step = marker["step"]
         aside = self._aside(step)
-        kept = set(os.listdir(aside)) if os.path.isdir(aside) else set()
-        for name in sorted(set(marker.get("outputs", [])) | kept):
+        kept = {urllib.parse.unquote(n) for n in os.listdir(aside)} if os.path.isdir(aside) else set()
+        names = set(marker.get("outputs", [])) | kept
+        for name in sorted(names):
+            if any(name.startswith(parent + "/") for parent in names):
+                continue  # inside an output restored (or removed) whole
             if name in kept:
                 _remove(self.path(name))
-                os.replace(os.path.join(aside, name), self.path(name))
+                os.makedirs(os.path.dirname(self.path(name)), exist_ok=True)
+                os.replace(self._aside(step, name), self.path(name))
             elif marker.get("set_aside"):  # there was nothing before: what is there now is partial
                 _remove(self.path(name))
 
@@ -315,9 +324,13 @@ class RunFolder:
         if os.path.exists(path) and self.has_finished_steps():
             previous = config_lib.config_to_dict(config_lib.load_config(path))
             changed = _changed_keys(previous, config_lib.config_to_dict(self.config))
-            # Export and evaluation settings, and the number of seeds, do not change trained models.
+            # Export and evaluation settings, the number of seeds and the sweep's list of students do not
+            # change trained models (a sweep student whose shape changed is trained again: its record is
+            # stale, see kd_tf.pipeline.sweep).
             trained = [
-                k for k in changed if not k.startswith(("export.", "evaluate.")) and k != "distill.seeds"
+                k
+                for k in changed
+                if not k.startswith(("export.", "evaluate.")) and k not in ("distill.seeds", "sweep.students")
             ]
             if trained:
                 raise PipelineError(

@@ -5,8 +5,10 @@ only drives them, knowing no task: it holds the run's lock, repairs what a kille
 run folder against the config, lets the task check what it can before anything trains, skips finished
 steps (unless forced), refuses a step whose earlier steps have not finished, and records a step once it
 finished. A task class has `steps` (names in order), `skips(step)`, `check()` and one
-`step_<name>()` method per step that returns the details of its record; it may have `stale(step, record)`,
-true when a finished step's record no longer fits the config (the step then runs again).
+`step_<name>()` method per step that returns the details of its record (or `run_step(name)`, for steps
+named by the config, such as a sweep's students); it may have `stale(step, record)`, true when a finished
+step's record no longer fits the config (the step then runs again), and `dependents(step)`, the steps
+whose records a new result of `step` makes stale (by default every later step).
 """
 
 from __future__ import annotations
@@ -103,6 +105,16 @@ class Pipeline:
         stale = getattr(self.task, "stale", None)
         return bool(stale and stale(step, record))
 
+    def _dependents(self, step):
+        dependents = getattr(self.task, "dependents", None)
+        if dependents is not None:
+            return tuple(dependents(step))
+        return self.steps[self.steps.index(step) + 1 :]
+
+    def _call(self, step):
+        run_step = getattr(self.task, "run_step", None)
+        return run_step(step) if run_step is not None else getattr(self.task, f"step_{step}")()
+
     def _run(self, steps, force):
         active = [s for s in self.steps if not self.task.skips(s)]
         records, missing = {}, None
@@ -124,9 +136,9 @@ class Pipeline:
             self.folder.begin(step)
             start = time.perf_counter()
             try:
-                details = getattr(self.task, f"step_{step}")()
+                details = self._call(step)
                 changed = previous is None or not _same_result(previous, {"step": step, **details})
-                later = self.steps[self.steps.index(step) + 1 :] if changed else ()
+                later = self._dependents(step) if changed else ()
                 records[step] = self.folder.finish(step, time.perf_counter() - start, forget=later, **details)
             except BaseException:
                 self.folder.abandon(step)

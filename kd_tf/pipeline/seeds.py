@@ -106,7 +106,7 @@ def train_seeds(run):
     folder.set_aside([SEEDS_DIR])
     os.makedirs(folder.path(SEEDS_DIR))
     test = run.splits["test"]
-    test_ds = run.dataset(test, bucketing=False)
+    test_ds = run.dataset(test, bucketing=False, role="student")  # both students read the student's tokens
     trainers = [("student", students.train_distilled)]
     if config.distill.baseline:
         trainers.append(("baseline", students.train_baseline))

@@ -1,19 +1,16 @@
 """The two students of a classification run, trained for one seed: distilled, and on labels alone.
 
-Both start from the same encoder (`student_init`: given, or cut from the fine-tuned teacher) with a new
-head, and get the same budget. A seed sets what differs from one repetition to the next: the head's
-initialisation, dropout and the order of the training examples (`seed_values`). The run's own students
-(`student/`, `baseline/`) use the run's seed; `distill.seeds` > 1 repeats both with more seeds
-(`kd_tf.pipeline.seeds`). The encoder's initialisation is the same for every seed.
+Both start from the same encoder (`student_init`: given, or cut from the fine-tuned teacher, maybe narrower
+and with a pruned vocabulary: `kd_tf.pipeline.student_init`) with a new head, read the same tokens (the
+student's own preprocessor), and get the same budget. A seed sets what differs from one repetition to the
+next: the head's initialisation, dropout and the order of the training examples (`seed_values`). The run's
+own students (`student/`, `baseline/`) use the run's seed; `distill.seeds` > 1 repeats both with more
+seeds (`kd_tf.pipeline.seeds`). The encoder's initialisation is the same for every seed.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-
 from kd_tf.pipeline.classification_data import derived_seed
-from kd_tf.pipeline.run_folder import PipelineError
 
 
 def seed_values(config):
@@ -38,6 +35,8 @@ def seed_values(config):
 def student_init(run):
     """The student encoder handle of `run`: given, or cut from its fine-tuned teacher (once).
 
+    See `kd_tf.pipeline.student_init` for narrow students and pruned vocabularies.
+
     Raises:
         PipelineError: if the student must be cut from a teacher kd-tf did not write.
 
@@ -46,24 +45,9 @@ def student_init(run):
     student_init(run)  # 'saved_models/demo/student_init'
     ```
     """
-    from kd_tf.bert import hub_format
+    from kd_tf.pipeline.student_init import build_student_init
 
-    s = run.config.student
-    if s.encoder is not None:
-        return s.encoder
-    teacher_hub = (run.folder.record("teacher") or {}).get("hub_encoder")
-    if not teacher_hub:
-        raise PipelineError(
-            "student.init_layers needs a teacher encoder written by kd-tf; with a published "
-            "TF Hub teacher set student.encoder to a TF Hub handle (e.g. a small BERT)."
-        )
-    path = run.folder.path("student_init")
-    if not os.path.exists(os.path.join(path, "saved_model.pb")):
-        shutil.rmtree(path, ignore_errors=True)
-        depth = hub_format.read_encoder_metadata(teacher_hub)["config"]["num_layers"]
-        run.check_layers(depth, teacher_hub)
-        hub_format.write_student_from_teacher(teacher_hub, path, layers=s.init_layers)
-    return path
+    return build_student_init(run).encoder
 
 
 def new_student(run, name, seed):
@@ -107,6 +91,9 @@ def _log_name(role, seed, run):
 def train_distilled(run, seed):
     """Distils a new student of `run` from its teacher (cached logits, or the live teacher).
 
+    With `distill.hidden_states` the live teacher also gives its hidden states, matched layer by layer
+    (`kd_tf.pipeline.hidden_states`).
+
     Args:
         run: a `kd_tf.pipeline.ClassificationRun`.
         seed: the seed of the head, dropout and data order (`seed_values`).
@@ -129,10 +116,22 @@ def train_distilled(run, seed):
     k = run.config.distill
     student = new_student(run, "student", seed)
     data = run.train_set()
-    teacher = None if k.cache_teacher else run.load_model("teacher")
-    outputs = {"teacher_outputs": {"logits": run.teacher_logits()[1]}} if k.cache_teacher else {}
-    train_ds = run.dataset(data, shuffle=True, seed=seed, **outputs)
-    distiller = Distiller(student=student, teacher=teacher)
+    teacher, features, outputs = None, None, {}
+    if k.hidden_states:  # the live teacher: cached logits carry no hidden states
+        from kd_tf.pipeline import hidden_states
+        from kd_tf.pipeline.student_init import student_files
+
+        files = student_files(run)
+        teacher = hidden_states.teacher_view(run.load_model("teacher"), files.vocabulary)
+        features = hidden_states.layer_matches(
+            run.config.student.init_layers, k.hidden_state_loss, k.hidden_state_weight
+        )
+    elif k.cache_teacher:
+        outputs = {"teacher_outputs": {"logits": run.teacher_logits()[1]}}
+    else:
+        teacher = run.load_model("teacher")
+    train_ds = run.dataset(data, shuffle=True, seed=seed, role="student", **outputs)
+    distiller = Distiller(student=student, teacher=teacher, features=features)
     distiller.compile(
         optimizer=_optimizer(run, len(data)),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
@@ -141,10 +140,12 @@ def train_distilled(run, seed):
         temperature=k.temperature,
         jit_compile=run.jit(),
     )
+    if features:
+        hidden_states.start_projections(distiller.feature_matches, files.encoder)
     # Students never stop early (patience = epochs); the best epoch's weights are kept.
     epochs = run.config.student.epochs
     what, log = "the distilled student", _log_name("student", seed, run)
-    result = run.fit(distiller, student, train_ds, epochs, "student", what, log)
+    result = run.fit(distiller, student, train_ds, epochs, "student", what, log, role="student")
     return student, result
 
 
@@ -176,10 +177,10 @@ def train_baseline(run, seed):
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=run.jit_for_keras(),
     )
-    train_ds = run.dataset(train, shuffle=True, seed=seed)
+    train_ds = run.dataset(train, shuffle=True, seed=seed, role="baseline")
     epochs = run.config.student.epochs
     what, log = "the label-only student", _log_name("baseline", seed, run)
-    result = run.fit(student, student, train_ds, epochs, "student", what, log)
+    result = run.fit(student, student, train_ds, epochs, "student", what, log, role="baseline")
     return student, result
 
 

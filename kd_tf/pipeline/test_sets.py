@@ -227,11 +227,11 @@ def _score(run, roles, data, out):
     """Saves every model's predictions on `data` under `out/predictions/`; returns the models' stamps."""
     from kd_tf.classify import evaluate
 
-    dataset = run.dataset(data, bucketing=False)
     stamps = {}
     for role in roles:
         step = TRAINING_STEPS[role]
         stamps[role] = {"step": step, "token": run.folder.record(step).get("token")}
+        dataset = run.dataset(data, bucketing=False, role=role)  # its own tokens
         logits, labels = evaluate.predict_logits(run.load_model(role), dataset)
         evaluate.save_predictions(os.path.join(out, "predictions", f"{role}.npz"), logits, labels, data.ids)
         _log(f"  {role}: accuracy {float((logits.argmax(1) == labels).mean()):.4f}")

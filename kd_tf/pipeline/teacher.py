@@ -1,0 +1,167 @@
+"""The teacher of a classification run: its handles, its fine-tuning, its cached logits.
+
+* `resolve_teacher_handles`: the encoder and preprocessor handles of the configured teacher;
+* `train_teacher` (the teacher step): fine-tune encoder + head on the labelled training split (AdamW, linear
+  warmup then cosine decay, early stopping on validation accuracy, best weights kept) -> `teacher/`, and
+  the fine-tuned encoder in TF Hub format (`teacher/hub_encoder`, what students are cut from);
+* `cached_logits` (the cache step): its logits over the training (and transfer) texts, tokenized by the
+  teacher's own preprocessor, computed once -> `teacher_cache/`. They are per text, so students with
+  another tokenizer (a pruned vocabulary) use them as they are.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from kd_tf.pipeline.classification_data import data_fingerprint
+from kd_tf.pipeline.run_folder import PipelineError
+
+
+def _log(message):
+    print(message, flush=True)
+
+
+def resolve_teacher_handles(config):
+    """`(encoder, preprocessor)` handles of the teacher of a run config.
+
+    A local preset (`kd-tf:all-MiniLM-L6-v2`) is converted once into `kd_tf.paths.model_cache_dir()`
+    and brings its own preprocessor.
+
+    Args:
+        config: a `kd_tf.config.RunConfig`.
+
+    Returns:
+        `(encoder handle, preprocessor handle)`.
+
+    Raises:
+        PipelineError: if no preprocessor is given for a teacher that brings none.
+
+    Example:
+    ```python
+    encoder, preprocessor = resolve_teacher_handles(load_config("configs/demo.yaml"))
+    ```
+    """
+    from kd_tf.bert.presets import LOCAL_PRESETS, preset_folders
+
+    encoder, preprocessor = config.teacher.encoder, config.teacher.preprocessor
+    if encoder in LOCAL_PRESETS:
+        folders = preset_folders(encoder, log=_log)
+        encoder, preprocessor = folders["encoder"], preprocessor or folders["preprocessor"]
+    if preprocessor is None:
+        raise PipelineError(
+            "teacher.preprocessor: give a TF Hub preprocessor handle "
+            "(only kd-tf:all-MiniLM-L6-v2 brings its own)."
+        )
+    return encoder, preprocessor
+
+
+def train_teacher(run):
+    """Fine-tunes the teacher of `run` and saves it (the teacher step).
+
+    Args:
+        run: a `kd_tf.pipeline.ClassificationRun`.
+
+    Returns:
+        The step's record details: `training_seconds`, `best_val_accuracy`, `best_epoch`, `status` and
+        `hub_encoder` (the fine-tuned encoder in TF Hub format, or None for a published teacher).
+
+    Raises:
+        kd_tf.pipeline.training.TrainingDiverged: if no epoch ended finite (nothing is saved).
+
+    Example:
+    ```python
+    train_teacher(run)["hub_encoder"]  # 'saved_models/demo/teacher/hub_encoder'
+    ```
+    """
+    import keras
+
+    from kd_tf.bert import hub_format
+    from kd_tf.classify import models
+    from kd_tf.pipeline import training
+
+    t, d = run.config.teacher, run.config.data
+    keras.utils.set_random_seed(run.config.seed)
+    splits = run.splits
+    model = models.build_classifier(
+        run.handles[0],
+        len(splits["label_names"]),
+        pooling=t.pooling,
+        dropout=t.dropout,
+        freeze_word_embeddings=t.freeze_word_embeddings,
+        name="teacher",
+    )
+    total = training.steps_per_epoch(len(splits["train"]), d.batch_size) * t.epochs
+    model.compile(
+        optimizer=training.optimizer(t.learning_rate, t.weight_decay, t.warmup_fraction, total),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=run.jit_for_keras(),
+    )
+    train_ds = run.dataset(splits["train"], shuffle=True)
+    result = run.fit(model, model, train_ds, t.early_stopping_patience, "teacher", "the teacher", "teacher")
+    details = run._save("teacher", model, result)
+    encoder = models.find_encoder(model)
+    hub_dir = run.folder.path("teacher", "hub_encoder")
+    if os.path.exists(os.path.join(encoder.handle, hub_format.METADATA_FILE)):
+        # The fine-tuned encoder in TF Hub format: students are cut from it.
+        keras_encoder = hub_format.load_bert_encoder(encoder.handle, variables=encoder.saved_variables)
+        hub_format.save_bert_encoder(keras_encoder, hub_dir)
+    else:  # a published TF Hub encoder: kd-tf cannot rebuild its architecture
+        hub_dir = None
+    return {**details, "hub_encoder": hub_dir}
+
+
+def cached_logits(run):
+    """The teacher's logits over `run.train_set()`, from its cache (computed if missing).
+
+    Args:
+        run: a `kd_tf.pipeline.ClassificationRun` whose teacher step finished.
+
+    Returns:
+        `(cache key, logits [N, C] numpy array)` in the order of the texts.
+
+    Raises:
+        PipelineError: if the teacher gives a non-finite logit (nothing is cached), or a cached logit is
+            not finite (nothing is distilled from it); the message names the fix.
+
+    Example:
+    ```python
+    key, logits = cached_logits(run)
+    ```
+    """
+    from kd_tf.distill import TeacherCache
+
+    data = run.train_set()
+    cache = TeacherCache(
+        run.folder.path("teacher_cache"),
+        run.load_model("teacher"),
+        batch_size=run.config.data.batch_size,
+        progress=run.verbose == 1,
+    )
+    dataset = run.dataset(data, bucketing=False, include_labels=False).unbatch()
+    try:
+        key = cache.build(dataset, dataset_id=f"{data_fingerprint(data)}/{run.config.data.seq_length}")
+    except ValueError as e:
+        if "non-finite" not in str(e):
+            raise
+        lr = run.config.teacher.learning_rate
+        raise PipelineError(
+            f"the cache step of {run.folder.root} stopped: {e} The fine-tuned teacher "
+            f"({run.model_path('teacher')}) has finite weights, yet gives NaN or infinite logits, so no "
+            f"student can learn from it. Train it again with a lower teacher.learning_rate (now {lr:g}): "
+            f"kd-tf finetune-teacher --config {run.folder.path('config.yaml')} --force "
+            f"--set teacher.learning_rate={lr / 10:g}, then rerun this command."
+        ) from None
+    logits = np.asarray(cache.load(key)["logits"])
+    bad = int(np.sum(~np.isfinite(logits).all(axis=-1)))
+    if bad:
+        raise PipelineError(
+            f"the teacher's cached logits ({cache.path(key)}) are not finite for {bad} of "
+            f"{len(logits)} texts; delete that folder and rerun the teacher step with --force."
+        )
+    return key, logits
+
+
+__all__ = ["cached_logits", "resolve_teacher_handles", "train_teacher"]
