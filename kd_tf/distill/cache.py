@@ -4,7 +4,9 @@ The teacher's forward pass dominates the cost of distilling a BERT-base teacher.
 once over an *unbatched, deterministic* dataset of examples, stores one row of outputs per example on disk
 (`kd_tf.distill.cache_store`: atomic, checksummed, memory-mapped) under a key made from the teacher's
 weights, the outputs it stores and the dataset's content, and `attach` streams those rows back onto the
-same dataset. Shuffle, bucket and batch after attaching: the outputs travel with their example.
+same dataset. Shuffle, bucket and batch after attaching: the outputs travel with their example. For a
+causal LM's per-token distributions (196 KB a token dense), `kd_tf.distill.SparseTeacherCache` keeps a few
+hundred bytes a token instead.
 
 Example:
 ```python
@@ -193,9 +195,12 @@ class TeacherCache:
         """
         teacher_part = self.teacher_id or model_fingerprint(self._models)
         data_part = dataset_id if dataset_id is not None else dataset_fingerprint(dataset)[0]
-        outputs = f"{','.join(self.outputs)}|{self.logits_key}|{len(self._models)}"
-        text = f"v{FORMAT_VERSION}|{teacher_part}|{outputs}|{data_part}"
+        text = f"v{FORMAT_VERSION}|{teacher_part}|{self._outputs_description()}|{data_part}"
         return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def _outputs_description(self):
+        """What the cache stores, for its key (a subclass that stores another form says so here)."""
+        return f"{','.join(self.outputs)}|{self.logits_key}|{len(self._models)}"
 
     def path(self, key):
         """The folder of a complete cache with this key (which may not exist yet)."""
@@ -280,14 +285,18 @@ class TeacherCache:
                     store.discard(tmp)
         return key
 
-    def _compute(self, dataset):
-        """The teacher's outputs as columns (`cache_store.write`'s format), from padded batches."""
+    def _compute(self, dataset, bar=None):
+        """The teacher's outputs as columns (`cache_store.write`'s format), from padded batches.
+
+        Float outputs are stored as float32 (and must be finite), integer outputs (token ids) as they are.
+        `bar`: a tqdm bar to advance (else one is made when `progress` is on).
+        """
         total = int(dataset.cardinality())
         length = _example_length(dataset)
         batches = dataset.map(lambda *e: {"e": e, "n": length(e[0] if len(e) == 1 else e) if length else 0})
         batches = batches.padded_batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
-        bar = None
-        if self.progress:
+        own_bar = bar is None and self.progress
+        if own_bar:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total if total >= 0 else None, desc="teacher outputs", unit="ex")
@@ -297,7 +306,11 @@ class TeacherCache:
                 element = batch["e"][0] if len(batch["e"]) == 1 else batch["e"]
                 outputs = self._forward_fn(_split_element(element)[0])
                 for name, value in outputs.items():
-                    value = np.asarray(value, dtype=np.float32)
+                    value = np.asarray(value)
+                    if value.dtype.kind in "iu":
+                        columns.setdefault(name, []).append(value)
+                        continue
+                    value = value.astype(np.float32)
                     if not np.isfinite(value).all():
                         row = sum(len(n) for n in lengths) + int(np.argwhere(~np.isfinite(value))[0][0])
                         raise ValueError(
@@ -309,7 +322,7 @@ class TeacherCache:
                 if bar is not None:
                     bar.update(len(lengths[-1]))
         finally:
-            if bar is not None:
+            if own_bar:
                 bar.close()
         return {
             name: self._column(name, parts, lengths if length else None) for name, parts in columns.items()

@@ -21,7 +21,7 @@ from kd_tf.distill import keras_compat
 from kd_tf.distill import losses as kd_losses
 from kd_tf.distill.keras_compat import NOT_GIVEN
 from kd_tf.distill.objective import DEFAULT_TEMPERATURE, Objective
-from kd_tf.distill.reduction import replica_sum
+from kd_tf.distill.reduction import replica_sum, unit_weights
 from kd_tf.distill.saving import DistillerSaving
 from kd_tf.distill.targets import LOGITS, split_targets, standardize_labels
 from kd_tf.distill.terms import FEATURE, FeatureMatchTerm, feature_term
@@ -375,7 +375,7 @@ class Distiller(DistillerSaving, keras.Model):
 
     def _teacher_outputs_for(self, x, carried):
         needed = set(self.needed_teacher_outputs())
-        if carried is not None and needed <= set(carried):
+        if carried is not None and self._objective.reads(carried):
             return carried
         if self.teachers:
             return self.teacher_outputs(x)  # nothing carried, or an incomplete cache: run the teacher live
@@ -467,7 +467,7 @@ class Distiller(DistillerSaving, keras.Model):
         if mask is not None:
             labels, logits = tf.boolean_mask(labels, mask), tf.boolean_mask(logits, mask)
             if sample_weight is not None:
-                sample_weight = tf.boolean_mask(tf.reshape(sample_weight, tf.shape(mask)), mask)
+                sample_weight = tf.boolean_mask(unit_weights(sample_weight, tf.shape(mask)), mask)
         return super().compute_metrics(None, labels, logits, sample_weight=sample_weight)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):

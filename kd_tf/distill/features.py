@@ -8,7 +8,7 @@ of a deep teacher with those of a shallow student.
 import keras
 from keras import ops
 
-from kd_tf.distill.losses import EPSILON, reduce_tokens, to_float32
+from kd_tf.distill.distributions import EPSILON, reduce_tokens, to_float32
 
 
 def feature_path(spec):

@@ -1,22 +1,19 @@
-"""Distillation losses on logits (KL with T^2, soft-target cross-entropy, MSE) and hard labels.
+"""Distillation losses on logits: forward KL with T^2, reverse KL, generalized JSD, soft-target
+cross-entropy, MSE (the hard-label loss is in `kd_tf.distill.hard_labels`, re-exported here).
 
-Names follow `keras.distillation` (`LogitsDistillation`, `FeatureDistillation`): `KLDistillation` is not
-`keras.losses.KLDivergence` (which takes probabilities and no temperature); it takes logits, softens both
-sides with the temperature and multiplies by T^2.
-
-Every loss here is computed from logits with `log_softmax`, never from `log(softmax(...))`, so it stays
-finite for large logits, and every loss can return one value per example (`per_example`) so that the
-`kd_tf.Distiller` can apply sample weights and padding masks itself.
+Names follow `keras.distillation`: `KLDistillation` is not `keras.losses.KLDivergence` (which takes
+probabilities and no temperature); it takes logits, softens both sides with the temperature and
+multiplies by T^2. Every loss is computed with `log_softmax` in float32 (`kd_tf.distill.distributions`).
 
 Conventions, the same for every logits loss:
 
 * `teacher` comes first and `student` second, like `y_true, y_pred` in `keras.losses`.
 * `teacher` may hold several teachers: a list of `[B, C]` tensors or one `[B, K, C]` tensor (with
   `teacher_weights`), in which case the target is the weighted average of their softened distributions.
-* With `from_logits=False` both inputs are probabilities (the article's section 4 writes the losses on
-  probabilities); they are turned into log-probabilities first.
-* Tensors of rank 3 (`[B, T, C]`, one distribution per token) are reduced over tokens with an optional
-  `mask` `[B, T]`, so padding never counts.
+* With `from_logits=False` both inputs are probabilities; they are turned into log-probabilities first.
+* Per-token logits `[B, T, C]` (a causal LM's `[batch, length, vocabulary]`) give the masked mean over
+  tokens per example (`mask` `[B, T]`), or one value per token with `per_token=True`, which is what
+  `kd_tf.Distiller` uses to weigh tokens by the batch's `[B, T]` sample weights.
 
 Article, section 4.3: teacher probabilities `[0.9, 0.1]`, student `[0.8, 0.2]`. The article prints the
 cross-entropy as `[0.08, 0.02]`; the correct soft-target cross-entropy is
@@ -29,165 +26,45 @@ import math
 import keras
 from keras import ops
 
-EPSILON = 1e-7
+from kd_tf.distill.distributions import (
+    EPSILON,
+    as_log_probs_input,
+    reduce_tokens,
+    softened_log_probs,
+    teacher_log_probs,
+    teacher_mean_logits,
+    to_float32,
+)
+from kd_tf.distill.hard_labels import HardLabelCrossEntropy, hard_label_cross_entropy
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Functional core
-# ---------------------------------------------------------------------------------------------------------
-def to_float32(x):
-    return ops.cast(x, "float32")
+def _softened_pair(teacher, student, temperature, teacher_weights, from_logits, multi):
+    """Log-probabilities of the teacher's (or teachers' average) and the student's softened distributions."""
+    log_p_t = teacher_log_probs(teacher, temperature, teacher_weights, from_logits, multi)
+    log_p_s = softened_log_probs(as_log_probs_input(student, from_logits), temperature)
+    return log_p_t, log_p_s
 
 
-def _as_log_probs_input(x, from_logits):
-    """Logits as given, or log of clipped probabilities (which are valid logits)."""
-    x = to_float32(x)
-    if from_logits:
-        return x
-    return ops.log(ops.clip(x, EPSILON, 1.0))
+def _kl(log_p, log_q):
+    """`KL(p || q)` over the last axis, from log-probabilities."""
+    return ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)
 
 
-def _stack_teachers(teacher):
-    """Returns (teacher logits [B, C] or [B, K, C], is_multi)."""
-    if isinstance(teacher, (list, tuple)):
-        first = teacher[0]
-        if hasattr(first, "shape") and len(first.shape) >= 1:  # one tensor per teacher
-            if len(teacher) == 1:
-                return first, False
-            return ops.stack([to_float32(t) for t in teacher], axis=1), True
-        return ops.convert_to_tensor(teacher, "float32"), False  # nested Python lists: one teacher
-    return teacher, False
-
-
-def _infer_multi(stacked, teacher_weights):
-    """Whether teacher logits hold several teachers when the caller did not say: a list of tensors, or
-    more than one teacher weight (a single weight, `[1.0]`, means one teacher)."""
-    return stacked or (teacher_weights is not None and len(teacher_weights) > 1)
-
-
-def _normalized_weights(teacher_weights, num_teachers):
-    if teacher_weights is None:
-        teacher_weights = [1.0] * num_teachers
-    if len(teacher_weights) != num_teachers:
-        raise ValueError(
-            f"Got {len(teacher_weights)} teacher_weights for {num_teachers} teachers; "
-            "pass one weight per teacher."
-        )
-    if any(w < 0 for w in teacher_weights) or sum(teacher_weights) <= 0:
-        raise ValueError(
-            f"teacher_weights must be non-negative with a positive sum, got {list(teacher_weights)}."
-        )
-    total = float(sum(teacher_weights))
-    return [float(w) / total for w in teacher_weights]
-
-
-def softened_log_probs(logits, temperature=1.0):
-    """Log of `softmax(logits / temperature)`, computed stably in float32.
-
-    Args:
-        logits: Tensor `[..., C]`.
-        temperature: Positive float or scalar tensor.
-
-    Returns:
-        Float32 tensor of the same shape holding log-probabilities.
-
-    Example:
-    ```python
-    float(ops.exp(softened_log_probs([[0.0, 0.0]], 2.0))[0, 0])
-    # -> 0.5
-    ```
-    """
-    return ops.log_softmax(to_float32(logits) / ops.cast(temperature, "float32"), axis=-1)
-
-
-def teacher_log_probs(teacher, temperature=1.0, teacher_weights=None, from_logits=True, multi=None):
-    """Log-probabilities of the (weighted average of the) teachers' softened distributions.
-
-    Args:
-        teacher: Teacher logits `[B, C]`, or several teachers as a list of `[B, C]` tensors (or arrays;
-            a nested Python list of numbers is one teacher) or a
-            `[B, K, C]` tensor (then pass `multi=True`, or two or more `teacher_weights`).
-        temperature: Softmax temperature.
-        teacher_weights: One non-negative weight per teacher (normalized to sum 1); default equal.
-        from_logits: Whether `teacher` holds logits (True) or probabilities (False).
-        multi: Whether a rank-3 `teacher` tensor is `[B, K, C]` (several teachers) rather than
-            `[B, T, C]` (one teacher, per-token logits). Defaults to True for a list of tensors or more
-            than one teacher weight. `kd_tf.Distiller` always passes it, from the ranks of the teacher's
-            and the student's logits.
-
-    Returns:
-        Float32 log-probabilities `[B, C]` (or `[B, T, C]`).
-
-    Example:
-    ```python
-    lp = teacher_log_probs([[[0.0, 0.0]], [[10.0, -10.0]]], teacher_weights=[1, 1])
-    ```
-    """
-    teacher, stacked = _stack_teachers(teacher)
-    if multi is None:
-        multi = _infer_multi(stacked, teacher_weights)
-    logits = _as_log_probs_input(teacher, from_logits)
-    log_p = softened_log_probs(logits, temperature)
-    if not multi:
-        return log_p
-    num_teachers = log_p.shape[1]
-    weights = _normalized_weights(teacher_weights, num_teachers)
-    log_w = ops.reshape(
-        ops.convert_to_tensor([math.log(w) if w > 0 else -1e30 for w in weights], "float32"),
-        (1, num_teachers, 1),
-    )
-    # log sum_k w_k p_k, stably.
-    return ops.logsumexp(log_p + log_w, axis=1)
-
-
-def teacher_mean_logits(teacher, teacher_weights=None, from_logits=True, multi=None):
-    """Teacher logits, or the weighted mean of several teachers' logits (for MSE on logits).
-
-    Args:
-        teacher: As in `teacher_log_probs`.
-        teacher_weights: One weight per teacher; default equal.
-        from_logits: Whether `teacher` holds logits.
-        multi: As in `teacher_log_probs`.
-
-    Returns:
-        Float32 logits `[B, C]`.
-    """
-    teacher, stacked = _stack_teachers(teacher)
-    if multi is None:
-        multi = _infer_multi(stacked, teacher_weights)
-    logits = _as_log_probs_input(teacher, from_logits)
-    if not multi:
-        return logits
-    weights = _normalized_weights(teacher_weights, logits.shape[1])
-    w = ops.reshape(ops.convert_to_tensor(weights, "float32"), (1, len(weights), 1))
-    return ops.sum(logits * w, axis=1)
-
-
-def reduce_tokens(values, mask=None):
-    """Per-example values from `[B]` or `[B, T]` (masked mean over tokens) values.
-
-    Args:
-        values: Float tensor `[B]` or `[B, T]`.
-        mask: Optional `[B, T]` tensor, 1 for real tokens and 0 for padding.
-
-    Returns:
-        Float32 tensor `[B]`. An example with no real token gets 0.
-    """
-    values = to_float32(values)
-    if len(values.shape) <= 1:
-        return values
-    values = ops.reshape(values, (ops.shape(values)[0], ops.shape(values)[1], -1))
-    values = ops.mean(values, axis=-1)
-    if mask is None:
-        return ops.mean(values, axis=-1)
-    mask = to_float32(mask)
-    return ops.sum(values * mask, axis=-1) / ops.maximum(ops.sum(mask, axis=-1), 1.0)
+def _scaled(values, temperature, mask, per_token):
+    return reduce_tokens(values, mask, per_token) * ops.cast(temperature, "float32") ** 2
 
 
 def kl_distillation(
-    teacher, student, temperature=1.0, teacher_weights=None, from_logits=True, mask=None, multi=None
+    teacher,
+    student,
+    temperature=1.0,
+    teacher_weights=None,
+    from_logits=True,
+    mask=None,
+    multi=None,
+    per_token=False,
 ):
-    """Hinton's distillation loss: `KL(p_teacher^T || p_student^T) * T^2`, one value per example.
+    """Hinton's distillation loss: `KL(p_teacher^T || p_student^T) * T^2` (forward KL), one value per example.
 
     Args:
         teacher: Teacher logits `[B, C]` (or several teachers, see `teacher_log_probs`).
@@ -198,23 +75,121 @@ def kl_distillation(
         from_logits: False if both inputs are probabilities.
         mask: Optional `[B, T]` padding mask for per-token logits.
         multi: Whether `teacher` stacks several teachers (see `teacher_log_probs`).
+        per_token: For `[B, T, C]` logits, return `[B, T]` values instead of the masked mean over tokens.
 
     Returns:
-        Float32 tensor `[B]`.
+        Float32 tensor `[B]` (or `[B, T]` with `per_token`).
 
     Example:
     ```python
     kl_distillation([[0.9, 0.1]], [[0.8, 0.2]], from_logits=False)  # article 4.3: 0.036690
     ```
     """
-    log_p_t = teacher_log_probs(teacher, temperature, teacher_weights, from_logits, multi)
-    log_p_s = softened_log_probs(_as_log_probs_input(student, from_logits), temperature)
-    values = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
-    return reduce_tokens(values, mask) * ops.cast(temperature, "float32") ** 2
+    log_p_t, log_p_s = _softened_pair(teacher, student, temperature, teacher_weights, from_logits, multi)
+    return _scaled(_kl(log_p_t, log_p_s), temperature, mask, per_token)
+
+
+def reverse_kl_distillation(
+    teacher,
+    student,
+    temperature=1.0,
+    teacher_weights=None,
+    from_logits=True,
+    mask=None,
+    multi=None,
+    per_token=False,
+):
+    """Reverse KL `KL(p_student^T || p_teacher^T) * T^2` (MiniLLM's mode-seeking objective).
+
+    Forward KL makes the student cover every token the teacher finds likely; reverse KL lets it
+    concentrate on the teacher's main modes, which suits a small student that generates. Arguments as in
+    `kl_distillation`.
+
+    Returns:
+        Float32 tensor `[B]` (or `[B, T]` with `per_token`).
+
+    Example:
+    ```python
+    reverse_kl_distillation([[0.9, 0.1]], [[0.8, 0.2]], from_logits=False)  # 0.044403
+    ```
+    """
+    log_p_t, log_p_s = _softened_pair(teacher, student, temperature, teacher_weights, from_logits, multi)
+    return _scaled(_kl(log_p_s, log_p_t), temperature, mask, per_token)
+
+
+def check_beta(beta):
+    """`beta` as a float in [0, 1].
+
+    Raises:
+        ValueError: If it is outside [0, 1].
+
+    Example:
+    ```python
+    check_beta(0.5)  # 0.5
+    ```
+    """
+    beta = float(beta)
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(
+            f"beta must be in [0, 1] (0: forward KL, 1: reverse KL, between: generalized JSD), got {beta}."
+        )
+    return beta
+
+
+def generalized_jsd_distillation(
+    teacher,
+    student,
+    temperature=1.0,
+    teacher_weights=None,
+    from_logits=True,
+    mask=None,
+    multi=None,
+    per_token=False,
+    beta=0.5,
+):
+    """Generalized Jensen-Shannon divergence JSD(beta) of GKD (Agarwal et al., 2024), times T^2.
+
+    With `M = beta * p_t + (1 - beta) * p_s` (softened by T):
+    `JSD(beta) = beta * KL(p_t || M) + (1 - beta) * KL(p_s || M)`. As in TRL's `GKDTrainer`, `beta = 0`
+    is the forward KL `KL(p_t || p_s)` and `beta = 1` the reverse KL `KL(p_s || p_t)`; in between the
+    divergence is bounded and symmetric at 0.5, and `JSD(beta) / beta -> KL(p_t || p_s)` as beta -> 0,
+    `JSD(beta) / (1 - beta) -> KL(p_s || p_t)` as beta -> 1. Arguments as in `kl_distillation`, plus:
+
+    Args:
+        beta: Interpolation weight in [0, 1].
+
+    Returns:
+        Float32 tensor `[B]` (or `[B, T]` with `per_token`).
+
+    Raises:
+        ValueError: If `beta` is outside [0, 1].
+
+    Example:
+    ```python
+    generalized_jsd_distillation([[0.9, 0.1]], [[0.8, 0.2]], from_logits=False, beta=0.5)  # 0.009966
+    ```
+    """
+    beta = check_beta(beta)
+    log_p_t, log_p_s = _softened_pair(teacher, student, temperature, teacher_weights, from_logits, multi)
+    if beta == 0.0:
+        values = _kl(log_p_t, log_p_s)
+    elif beta == 1.0:
+        values = _kl(log_p_s, log_p_t)
+    else:
+        log_m = ops.logaddexp(log_p_t + math.log(beta), log_p_s + math.log(1.0 - beta))
+        values = beta * _kl(log_p_t, log_m) + (1.0 - beta) * _kl(log_p_s, log_m)
+    return _scaled(values, temperature, mask, per_token)
 
 
 def cross_entropy_distillation(
-    teacher, student, temperature=1.0, teacher_weights=None, from_logits=True, mask=None, multi=None
+    teacher,
+    student,
+    temperature=1.0,
+    teacher_weights=None,
+    from_logits=True,
+    mask=None,
+    multi=None,
+    per_token=False,
 ):
     """Soft-target cross-entropy `-sum_j p_teacher(j) log p_student(j) * T^2` (article, section 4.1).
 
@@ -222,21 +197,26 @@ def cross_entropy_distillation(
     the same gradients; this one is the article's formula. Arguments as in `kl_distillation`.
 
     Returns:
-        Float32 tensor `[B]`.
+        Float32 tensor `[B]` (or `[B, T]` with `per_token`).
 
     Example:
     ```python
     cross_entropy_distillation([[0.9, 0.1]], [[0.8, 0.2]], from_logits=False)  # article 4.3: 0.361773
     ```
     """
-    log_p_t = teacher_log_probs(teacher, temperature, teacher_weights, from_logits, multi)
-    log_p_s = softened_log_probs(_as_log_probs_input(student, from_logits), temperature)
-    values = -ops.sum(ops.exp(log_p_t) * log_p_s, axis=-1)
-    return reduce_tokens(values, mask) * ops.cast(temperature, "float32") ** 2
+    log_p_t, log_p_s = _softened_pair(teacher, student, temperature, teacher_weights, from_logits, multi)
+    return _scaled(-ops.sum(ops.exp(log_p_t) * log_p_s, axis=-1), temperature, mask, per_token)
 
 
 def mse_distillation(
-    teacher, student, temperature=1.0, teacher_weights=None, from_logits=True, mask=None, multi=None
+    teacher,
+    student,
+    temperature=1.0,
+    teacher_weights=None,
+    from_logits=True,
+    mask=None,
+    multi=None,
+    per_token=False,
 ):
     """Mean squared error between teacher and student logits (article, section 3.2), per example.
 
@@ -244,7 +224,7 @@ def mse_distillation(
     limit of the KL loss (Hinton et al., 2015) and needs no softening.
 
     Returns:
-        Float32 tensor `[B]`: the mean over classes of `(teacher - student)^2`.
+        Float32 tensor `[B]`: the mean over classes of `(teacher - student)^2` (`[B, T]` with `per_token`).
 
     Example:
     ```python
@@ -253,55 +233,22 @@ def mse_distillation(
     """
     del temperature
     t = teacher_mean_logits(teacher, teacher_weights, from_logits, multi)
-    s = _as_log_probs_input(student, from_logits)
-    return reduce_tokens(ops.mean(ops.square(t - s), axis=-1), mask)
-
-
-def hard_label_cross_entropy(labels, student, mask=None):
-    """Cross-entropy of student logits against hard labels, one value per example.
-
-    Args:
-        labels: Integer class ids `[B]` / `[B, 1]` (or `[B, T]` with per-token logits), or one-hot /
-            soft label rows `[B, C]` (float, same shape as `student`).
-        student: Student logits `[B, C]` or `[B, T, C]`.
-        mask: Optional `[B, T]` padding mask for per-token logits.
-
-    Returns:
-        Float32 tensor `[B]`.
-
-    Example:
-    ```python
-    hard_label_cross_entropy([0], [[0.0, 0.0]])  # ln 2 = 0.693147
-    ```
-    """
-    student = to_float32(student)
-    labels = ops.convert_to_tensor(labels)
-    log_p = ops.log_softmax(student, axis=-1)
-    if (
-        len(labels.shape) == len(student.shape)
-        and labels.shape[-1] == student.shape[-1]
-        and ("float" in str(labels.dtype))
-    ):
-        values = -ops.sum(to_float32(labels) * log_p, axis=-1)
-    else:
-        if len(labels.shape) == len(student.shape):  # [B, 1]
-            labels = ops.squeeze(labels, axis=-1)
-        labels = ops.cast(labels, "int32")
-        one_hot = ops.one_hot(labels, student.shape[-1], dtype="float32")
-        values = -ops.sum(one_hot * log_p, axis=-1)
-    return reduce_tokens(values, mask)
+    s = as_log_probs_input(student, from_logits)
+    return reduce_tokens(ops.mean(ops.square(t - s), axis=-1), mask, per_token)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Keras Loss classes (usable with model.compile too)
 # ---------------------------------------------------------------------------------------------------------
 class LogitsLoss(keras.losses.Loss):
-    """Base class of the logits losses: `call(teacher, student)` -> per-example values.
+    """Base class of the logits losses: `call(teacher, student)` -> one value per distribution.
 
-    Subclasses set `fn`, a function `(teacher, student, temperature, teacher_weights, from_logits, mask)`.
+    Subclasses set `fn`, a function `(teacher, student, temperature, teacher_weights, from_logits, mask,
+    multi, per_token, **options)` (`options()` gives a subclass's own settings, such as JSD's `beta`).
     Used alone it behaves like any `keras.losses.Loss` (`y_true` = teacher outputs, `y_pred` = student
-    logits, sample weights and reduction as usual). Inside `kd_tf.Distiller` the distiller calls
-    `per_example` with its own, possibly scheduled, temperature.
+    logits, sample weights and reduction as usual; per-token logits `[B, T, C]` give `[B, T]` values, so
+    `[B, T]` sample weights weigh tokens). Inside `kd_tf.Distiller` the distiller calls `per_token` with
+    its own, possibly scheduled, temperature.
 
     Args:
         temperature: Softmax temperature used when the loss is called alone; inside a `Distiller`,
@@ -314,6 +261,11 @@ class LogitsLoss(keras.losses.Loss):
 
     Raises:
         ValueError: If the temperature is not positive.
+
+    Example:
+    ```python
+    KLDistillation(temperature=2.0).per_example(teacher_logits, student_logits)   # [B]
+    ```
     """
 
     fn = None
@@ -334,20 +286,11 @@ class LogitsLoss(keras.losses.Loss):
         self.from_logits = from_logits
         self.teacher_weights = None if teacher_weights is None else list(teacher_weights)
 
-    def per_example(self, teacher, student, temperature=None, teacher_weights=None, mask=None, multi=None):
-        """Per-example loss values `[B]`.
+    def options(self):
+        """The subclass's own keyword arguments of `fn` (none here)."""
+        return {}
 
-        Args:
-            teacher: Teacher logits (or several teachers).
-            student: Student logits.
-            temperature: Overrides the loss's own temperature (a float or a scalar variable).
-            teacher_weights: Overrides the loss's own teacher weights.
-            mask: Optional padding mask for per-token logits.
-            multi: Whether `teacher` stacks several teachers (see `teacher_log_probs`).
-
-        Returns:
-            Float32 tensor `[B]`.
-        """
+    def _values(self, teacher, student, temperature, teacher_weights, mask, multi, per_token):
         if temperature is None:
             temperature = 1.0 if self.temperature is None else self.temperature
         if teacher_weights is None:
@@ -360,10 +303,49 @@ class LogitsLoss(keras.losses.Loss):
             from_logits=self.from_logits,
             mask=mask,
             multi=multi,
+            per_token=per_token,
+            **self.options(),
         )
 
+    def per_example(self, teacher, student, temperature=None, teacher_weights=None, mask=None, multi=None):
+        """Per-example loss values `[B]` (the masked mean over tokens for per-token logits).
+
+        Args:
+            teacher: Teacher logits (or several teachers).
+            student: Student logits.
+            temperature: Overrides the loss's own temperature (a float or a scalar variable).
+            teacher_weights: Overrides the loss's own teacher weights.
+            mask: Optional padding mask for per-token logits.
+            multi: Whether `teacher` stacks several teachers (see `teacher_log_probs`).
+
+        Returns:
+            Float32 tensor `[B]`.
+
+        Example:
+        ```python
+        KLDistillation().per_example(t_logits, s_logits, mask=padding_mask)   # [B, T, V] -> [B]
+        ```
+        """
+        return self._values(teacher, student, temperature, teacher_weights, mask, multi, False)
+
+    def per_token(self, teacher, student, temperature=None, teacher_weights=None, multi=None):
+        """One value per distribution: `[B]` for `[B, C]` logits, `[B, T]` for per-token logits.
+
+        Arguments as in `per_example`; the caller weighs and averages the tokens (`kd_tf.Distiller` does
+        it over the global batch, with the batch's `[B, T]` sample weights).
+
+        Returns:
+            Float32 tensor `[B]` or `[B, T]`.
+
+        Example:
+        ```python
+        ReverseKLDistillation().per_token(t_logits, s_logits, temperature=2.0)   # [B, T, V] -> [B, T]
+        ```
+        """
+        return self._values(teacher, student, temperature, teacher_weights, None, multi, True)
+
     def call(self, y_true, y_pred):
-        return self.per_example(y_true, y_pred)
+        return self.per_token(y_true, y_pred)
 
     def get_config(self):
         config = super().get_config()
@@ -371,6 +353,7 @@ class LogitsLoss(keras.losses.Loss):
             temperature=self.temperature,
             from_logits=self.from_logits,
             teacher_weights=self.teacher_weights,
+            **self.options(),
         )
         config.pop("dtype", None)
         return config
@@ -389,6 +372,49 @@ class KLDistillation(LogitsLoss):
 
     fn = staticmethod(kl_distillation)
     default_name = "kl_distillation"
+
+
+@keras.saving.register_keras_serializable(package="kd_tf")
+class ReverseKLDistillation(LogitsLoss):
+    """Reverse KL `KL(p_student^T || p_teacher^T) * T^2` (mode-seeking; MiniLLM).
+
+    Example:
+    ```python
+    ReverseKLDistillation(from_logits=False)([[0.9, 0.1]], [[0.8, 0.2]])  # 0.044403
+    ```
+    """
+
+    fn = staticmethod(reverse_kl_distillation)
+    default_name = "reverse_kl_distillation"
+
+
+@keras.saving.register_keras_serializable(package="kd_tf")
+class GeneralizedJSDDistillation(LogitsLoss):
+    """Generalized Jensen-Shannon divergence JSD(beta) of GKD, times T^2 (see
+    `generalized_jsd_distillation`): `beta=0` is forward KL, `beta=1` reverse KL.
+
+    Args:
+        beta: Interpolation weight in [0, 1]. Defaults to 0.5 (TRL's default).
+        **kwargs: As in `LogitsLoss`.
+
+    Raises:
+        ValueError: If `beta` is outside [0, 1] or the temperature is not positive.
+
+    Example:
+    ```python
+    GeneralizedJSDDistillation(beta=0.5, from_logits=False)([[0.9, 0.1]], [[0.8, 0.2]])  # 0.009966
+    ```
+    """
+
+    fn = staticmethod(generalized_jsd_distillation)
+    default_name = "generalized_jsd_distillation"
+
+    def __init__(self, beta=0.5, **kwargs):
+        self.beta = check_beta(beta)
+        super().__init__(**kwargs)
+
+    def options(self):
+        return {"beta": self.beta}
 
 
 @keras.saving.register_keras_serializable(package="kd_tf")
@@ -419,32 +445,6 @@ class MSEDistillation(LogitsLoss):
     default_name = "mse_distillation"
 
 
-@keras.saving.register_keras_serializable(package="kd_tf")
-class HardLabelCrossEntropy(keras.losses.Loss):
-    """Cross-entropy of student logits against hard labels (sparse ids or one-hot rows).
-
-    Args:
-        reduction: Keras reduction.
-        name: Loss name.
-
-    Example:
-    ```python
-    HardLabelCrossEntropy()([0, 1], [[2.0, 0.0], [0.0, 2.0]])
-    ```
-    """
-
-    def __init__(self, reduction="sum_over_batch_size", name="hard_label_cross_entropy"):
-        super().__init__(name=name, reduction=reduction, dtype="float32")
-
-    def call(self, y_true, y_pred):
-        return hard_label_cross_entropy(y_true, y_pred)
-
-    def get_config(self):
-        config = super().get_config()
-        config.pop("dtype", None)
-        return config
-
-
 _LOGITS_LOSSES = {
     "kl": KLDistillation,
     "kl_distillation": KLDistillation,
@@ -452,6 +452,10 @@ _LOGITS_LOSSES = {
     "cross_entropy_distillation": CrossEntropyDistillation,
     "mse": MSEDistillation,
     "mse_distillation": MSEDistillation,
+    "reverse_kl": ReverseKLDistillation,
+    "reverse_kl_distillation": ReverseKLDistillation,
+    "jsd": GeneralizedJSDDistillation,
+    "generalized_jsd_distillation": GeneralizedJSDDistillation,
 }
 
 
@@ -459,14 +463,20 @@ def get(identifier):
     """A logits distillation loss from a name or an instance.
 
     Args:
-        identifier: `"kl"`, `"soft_cross_entropy"`, `"mse"` (or the loss's own name, e.g.
-            `"kl_distillation"`), a loss instance (returned as is) or None (returns `KLDistillation()`).
+        identifier: `"kl"`, `"reverse_kl"`, `"jsd"` (beta 0.5), `"soft_cross_entropy"`, `"mse"` (or the
+            loss's own name, e.g. `"kl_distillation"`), a loss instance (returned as is) or None (returns
+            `KLDistillation()`).
 
     Returns:
         A loss object.
 
     Raises:
         ValueError: For an unknown name.
+
+    Example:
+    ```python
+    get("reverse_kl")  # ReverseKLDistillation()
+    ```
     """
     if identifier is None:
         return KLDistillation()
@@ -482,16 +492,23 @@ def get(identifier):
 
 
 __all__ = [
+    "EPSILON",
     "CrossEntropyDistillation",
+    "GeneralizedJSDDistillation",
     "HardLabelCrossEntropy",
     "KLDistillation",
     "LogitsLoss",
     "MSEDistillation",
+    "ReverseKLDistillation",
+    "check_beta",
     "cross_entropy_distillation",
+    "generalized_jsd_distillation",
     "get",
     "hard_label_cross_entropy",
     "kl_distillation",
     "mse_distillation",
+    "reverse_kl_distillation",
+    "to_float32",
     "reduce_tokens",
     "softened_log_probs",
     "teacher_log_probs",

@@ -72,7 +72,7 @@ class Objective:
                 "distillation_loss_fn to compile as well."
             )
         term = keras_compat.as_term(loss)
-        if term.kind == FEATURE or term.teacher_keys() != {LOGITS}:
+        if term.kind == FEATURE or not term.reads({LOGITS: None}):
             raise ValueError(
                 f"compile(distillation_loss_fn=...) takes a loss on logits; pass the feature loss "
                 f"{term.name} to the constructor (features=... or distillation_losses=...)."
@@ -82,6 +82,10 @@ class Objective:
     def teacher_keys(self):
         """The keys of teacher outputs the terms read, `logits` included."""
         return sorted(set().union(*(t.teacher_keys() for t in self.terms())) | {LOGITS})
+
+    def reads(self, teacher_outputs):
+        """Whether every term can read these teacher outputs (cached targets), so no teacher need run."""
+        return all(t.reads(teacher_outputs) for t in self.terms())
 
     def resolve_temperature(self, requested, current, setting=False):
         """The one temperature of the loss: `requested`, else the terms' own (they must agree), else
@@ -149,22 +153,21 @@ class Objective:
         return count != 1, (weights if count != 1 else None)
 
     def hard_values(self, labels, mask, s_logits):
-        """Per-example hard-label loss; unlabelled examples get label 0 here and are masked out later."""
+        """Hard-label loss per unit (per example, or per token for `[B, T, V]` logits); unlabelled units get
+        label 0 here and are masked out by the reduction."""
         if mask is not None:
             labels = tf.where(mask, labels, tf.zeros_like(labels))
         fn, logits = self.student_loss_fn, ops.cast(s_logits, "float32")
         raw = ops.cast(
             fn.call(labels, logits) if isinstance(fn, keras.losses.Loss) else fn(labels, logits), "float32"
         )
-        if len(raw.shape) == len(logits.shape) - 1:
-            return raw
         if len(raw.shape) == 0:
             raise ValueError(
-                "student_loss_fn returned one value per batch; the distiller needs one per example to mask "
-                "unlabelled examples and apply sample weights. Pass a keras.losses.Loss or a function that "
-                "returns [batch] values."
+                "student_loss_fn returned one value per batch; the distiller needs one per example (or per "
+                "token) to mask unlabelled examples and apply sample weights. Pass a keras.losses.Loss or a "
+                "function that returns [batch] (or [batch, length]) values."
             )
-        return ops.mean(ops.reshape(raw, (ops.shape(raw)[0], -1)), axis=-1)
+        return raw
 
     def parts(self, x, labels, sample_weight, student_outputs, teacher_outputs):
         """This replica's share of every part of the loss for one batch.
@@ -188,7 +191,7 @@ class Objective:
         mask = None
         if labels is not None:
             labels, mask = standardize_labels(labels, s_logits)
-        reduction = BatchReduction(tf.shape(s_logits)[0], sample_weight, mask)
+        reduction = BatchReduction(tf.shape(s_logits)[:-1], sample_weight, mask)
         parts = {"student_logits": s_logits, "labels": labels, "mask": mask}
         if labels is not None:
             parts["student_loss"] = reduction.labelled_mean(self.hard_values(labels, mask, s_logits))
@@ -202,12 +205,14 @@ class Objective:
             parts["loss"] = parts["student_loss"]
             return parts, reduction
         teacher_outputs = dict(teacher_outputs)
-        teacher_outputs[LOGITS] = ops.cast(teacher_outputs[LOGITS], "float32")
-        multi, weights = self._teacher_count(teacher_outputs[LOGITS], s_logits)
+        multi, weights = False, None  # cached sparse targets carry no dense logits
+        if LOGITS in teacher_outputs:
+            teacher_outputs[LOGITS] = ops.cast(teacher_outputs[LOGITS], "float32")
+            multi, weights = self._teacher_count(teacher_outputs[LOGITS], s_logits)
         inputs = TermInputs(x, teacher_outputs, student_outputs, self.temperature, weights, multi)
         sums = {DISTILLATION: 0.0, FEATURE: 0.0, True: 0.0, False: 0.0}
         for term in self.terms():
-            values = term(inputs)
+            values = term(inputs)  # [B], or [B, T] per token
             if term.per_example and len(values.shape) > 0:
                 value = reduction.mean(values)
             elif sample_weight is not None:

@@ -1,7 +1,9 @@
 """The terms of a `Distiller`'s loss: what each reads, how it weighs, and whether `(1 - alpha)` scales it.
 
-A term turns the teacher's and the student's outputs into one loss value per example (`[B]`), so that the
-distiller can apply sample weights and average over the global batch itself (`kd_tf.distill.reduction`).
+A term turns the teacher's and the student's outputs into one loss value per unit (`[B]` per example, or
+`[B, T]` per token for a causal LM's logits; a per-example value of a token-level batch repeats over the
+example's tokens), so that the distiller can apply sample weights and average over the global batch itself
+(`kd_tf.distill.reduction`).
 Where it is placed decides its weight in the total:
 
 ```
@@ -21,6 +23,7 @@ from keras import ops
 
 from kd_tf.distill import losses as kd_losses
 from kd_tf.distill.features import FeatureMatch
+from kd_tf.distill.sparse import SparseKLDistillation
 from kd_tf.distill.targets import LOGITS
 
 DISTILLATION = "distillation"
@@ -126,6 +129,10 @@ class Term:
         """Keys of teacher outputs the term reads."""
         return {LOGITS}
 
+    def reads(self, teacher_outputs):
+        """Whether the term can compute its value from these (cached) teacher outputs."""
+        return self.teacher_keys() <= set(teacher_outputs)
+
     def build(self, student_view, teacher_views):
         """Creates the term's own weights once the models' outputs are known (default: none)."""
 
@@ -151,7 +158,7 @@ class LogitsLossTerm(Term):
         self.temperature = self.source.temperature
 
     def __call__(self, inputs):
-        return self.source.per_example(
+        return self.source.per_token(
             inputs.teacher[LOGITS],
             inputs.student[LOGITS],
             temperature=inputs.temperature,
@@ -180,7 +187,40 @@ class ProbabilityLossTerm(Term):
         p_s = ops.softmax(ops.cast(inputs.student[LOGITS], "float32") / temperature, axis=-1)
         fn = self.source
         raw = fn.call(p_t, p_s) if isinstance(fn, keras.losses.Loss) else fn(p_t, p_s)
-        return per_example_values(raw) * ops.square(temperature)
+        return ops.cast(raw, "float32") * ops.square(temperature)  # [B] or [B, T]: the reduction weighs units
+
+
+class SparseLogitsTerm(Term):
+    """A `kd_tf.distill.sparse.SparseKLDistillation`: reads cached sparse targets (`sparse_ids`, ...), or
+    makes the live (or densely cached) teacher logits sparse the same way. Its temperature is fixed.
+
+    Example:
+    ```python
+    SparseLogitsTerm(SparseKLDistillation(k=64))(inputs)   # [B, T]
+    ```
+    """
+
+    follows_temperature = False
+
+    def __init__(self, loss, weight=1.0, inside=True):
+        super().__init__(loss, weight, inside)
+        self.temperature = loss.temperature
+
+    def teacher_keys(self):
+        return set(self.source.target_keys())
+
+    def reads(self, teacher_outputs):
+        return super().reads(teacher_outputs) or LOGITS in teacher_outputs
+
+    def check_teachers(self, num_teachers):
+        if num_teachers > 1:
+            raise ValueError(
+                f"{self.name} distils one teacher; average several teachers' logits into one model, or use "
+                "the dense KLDistillation with teacher_weights."
+            )
+
+    def __call__(self, inputs):
+        return self.source.per_token(inputs.teacher, inputs.student[LOGITS])
 
 
 class FeatureMatchTerm(Term):
@@ -247,8 +287,9 @@ def logits_term(loss, weight=1.0, inside=True):
     """The term of a loss on logits given by name, as a `kd_tf` loss, or as a loss on probabilities.
 
     Args:
-        loss: `"kl"`, `"soft_cross_entropy"`, `"mse"`, a `kd_tf.distill.losses.LogitsLoss`, or any Keras
-            loss or function on probabilities (the keras.io convention).
+        loss: `"kl"`, `"reverse_kl"`, `"jsd"`, `"soft_cross_entropy"`, `"mse"`, a
+            `kd_tf.distill.losses.LogitsLoss`, a `kd_tf.distill.SparseKLDistillation`, or any Keras loss or
+            function on probabilities (the keras.io convention).
         weight: The term's weight.
         inside: Whether `(1 - alpha)` scales it.
 
@@ -263,6 +304,8 @@ def logits_term(loss, weight=1.0, inside=True):
     logits_term("kl")   # KL(softmax(t/T) || softmax(s/T)) * T^2
     ```
     """
+    if isinstance(loss, SparseKLDistillation):
+        return SparseLogitsTerm(loss, weight, inside)
     if loss is None or isinstance(loss, (str, kd_losses.LogitsLoss)):
         return LogitsLossTerm(loss, weight, inside)
     return ProbabilityLossTerm(loss, weight, inside)
@@ -301,6 +344,7 @@ __all__ = [
     "FeatureMatchTerm",
     "LogitsLossTerm",
     "ProbabilityLossTerm",
+    "SparseLogitsTerm",
     "Term",
     "TermInputs",
     "feature_term",

@@ -15,12 +15,17 @@
   (`lm_windows`, `make_lm_dataset`): the element format the distiller reads.
 - `evaluate`: sliding-window perplexity, next-token agreement, generation
   speed with the KV cache, model size, side-by-side generations.
+- `on_policy`: student-generated batches mixed into training (GKD/MiniLLM),
+  with the share of time spent generating (`OnPolicyBatches`, `OnPolicyLog`).
+- `distillation`: `distill_causal_lm`, the token-level recipe over a corpus
+  with the sparse or dense teacher cache, or the live teacher.
 
 Importing this package imports KerasHub (and so TensorFlow/Keras).
 """
 
 import kd_tf
 from kd_tf.lm.corpus import TextCorpus, load_imdb_corpus, load_jsonl_corpus, load_text_corpus
+from kd_tf.lm.distillation import distill_causal_lm
 from kd_tf.lm.evaluate import (
     generation_speed,
     model_size,
@@ -37,16 +42,20 @@ from kd_tf.lm.models import (
     load_causal_lm,
     tokenizer_vocabulary,
 )
+from kd_tf.lm.on_policy import OnPolicyBatches, OnPolicyLog
 from kd_tf.lm.smollm2 import smollm2_gguf_path, smollm2_preset_dir
 from kd_tf.lm.windows import cut_windows, lm_windows, make_lm_dataset, separator_id, tokenize
 
 __all__ = [
+    "OnPolicyBatches",
+    "OnPolicyLog",
     "TextCorpus",
     "build_student",
     "check_tokenizers_match",
     "convert_gguf",
     "cut_student",
     "cut_windows",
+    "distill_causal_lm",
     "generation_speed",
     "lm_windows",
     "load_causal_lm",

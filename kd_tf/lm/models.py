@@ -125,6 +125,7 @@ def _student_config(teacher, **changes):
         )
     config.update(changes)
     config.pop("name", None)
+    config.pop("trainable", None)  # a teacher frozen by a Distiller must not give a frozen student
     return config
 
 
