@@ -1,4 +1,8 @@
-"""kd_tf vs keras.distillation vs the keras.io Distiller: the same distillation, end to end.
+"""kd_tf vs keras.distillation vs the keras.io Distiller: a timing study at a large shape, random weights.
+
+The headline comparison, on a real fine-tuned teacher and a student cut from it with accuracies,
+intervals and paired tests, is `benchmarks/peers_real_models.py`. This script times the tools where
+the teacher's cost dominates: a BERT-base-shaped teacher that a 2-core CPU cannot fine-tune.
 
 Same teacher (BERT-base shape: 12 layers, H768, 12 heads, FFN 3072), same student (small-BERT shape:
 4 layers, H512, 8 heads, FFN 2048), both TF-Hub-format SavedModels written by `kd_tf.bert.hub_format`, same
@@ -342,7 +346,11 @@ def main():
 def render(result):
     a = result["args"]
     lines = [
-        "# kd_tf vs keras.distillation vs keras.io Distiller",
+        "# Large-shape timing study: kd_tf vs keras.distillation vs keras.io Distiller",
+        "",
+        "Randomly initialised models at BERT-base scale: a study of speed, not of accuracy. The headline "
+        "comparison, on a real fine-tuned teacher with test accuracies, intervals and paired tests, is "
+        "[peers_real_models.md](peers_real_models.md).",
         "",
         f"Command: `python benchmarks/distill_vs_peers.py --train {a['train']} --test {a['test']} "
         f"--epochs {a['epochs']} --seq-length {a['seq_length']} --batch-size {a['batch_size']}"
