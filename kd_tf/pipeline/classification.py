@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 
 from kd_tf.json_files import strict_json
+from kd_tf.pipeline import distributed
 from kd_tf.pipeline.classification_data import load_splits, pin_splits
 from kd_tf.pipeline.run_folder import PipelineError
 from kd_tf.pipeline.teacher import resolve_teacher_handles
@@ -125,12 +126,14 @@ class ClassificationRun:
     # -------------------------------------------------------------- checks before anything runs
     def skips(self, step):
         """Whether the config leaves `step` out: no label-only baseline; no teacher cache (not cached, or
-        hidden-state distillation, which runs the teacher live); one seed."""
+        hidden-state distillation, which runs the teacher live); one seed; on a multi-worker worker other
+        than the chief, the steps that train nothing (`distributed.CHIEF_ONLY_STEPS`)."""
         distill = self.config.distill
         return (
             (step == "baseline" and not distill.baseline)
             or (step == "cache" and (not distill.cache_teacher or distill.hidden_states))
             or (step == "seeds" and distill.seeds == 1)
+            or (step in distributed.CHIEF_ONLY_STEPS and not distributed.is_chief(self))
         )
 
     def stale(self, step, record):
@@ -138,12 +141,15 @@ class ClassificationRun:
         return step == "seeds" and record.get("seeds") != self.config.distill.seeds
 
     def check(self):
-        """Checks what can be checked before the teacher trains: can the student be cut from it?
+        """Checks what can be checked before the teacher trains: can the replicas share the global batch,
+        can the student be cut from the teacher?
 
         Raises:
-            PipelineError: if the student cannot be cut from the teacher (a published TF Hub teacher,
-                blocks beyond a local teacher's depth, sizes larger than its own).
+            PipelineError: if `data.batch_size` is not a multiple of the strategy's replicas, or the student
+                cannot be cut from the teacher (a published TF Hub teacher, blocks beyond a local teacher's
+                depth, sizes larger than its own).
         """
+        distributed.check_batch(self)
         s, teacher = self.config.student, self.config.teacher.encoder
         if s.encoder is not None:
             return
@@ -314,7 +320,7 @@ class ClassificationRun:
             self.dataset(self.splits["validation"], role=role),
             epochs=getattr(self.config, section).epochs,
             patience=patience,
-            callbacks=self._callbacks(log_name),
+            callbacks=self._callbacks(log_name) + distributed.backup_callbacks(self, log_name),
             verbose=self.verbose,
             what=what,
             hint=f"lower {section}.learning_rate (now {lr:g}) or raise {section}.warmup_fraction",

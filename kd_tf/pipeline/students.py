@@ -10,6 +10,7 @@ seeds (`kd_tf.pipeline.seeds`). The encoder's initialisation is the same for eve
 
 from __future__ import annotations
 
+from kd_tf.pipeline import distributed
 from kd_tf.pipeline.classification_data import derived_seed
 
 
@@ -66,14 +67,15 @@ def new_student(run, name, seed):
     init = student_init(run)
     keras.utils.set_random_seed(derived_seed(seed, 7))
     # Every hub.load restores new variables: the two students share nothing.
-    return models.build_classifier(
-        init,
-        len(run.splits["label_names"]),
-        pooling=s.pooling,
-        dropout=s.dropout,
-        freeze_word_embeddings=s.freeze_word_embeddings,
-        name=name,
-    )
+    with distributed.scope(run):
+        return models.build_classifier(
+            init,
+            len(run.splits["label_names"]),
+            pooling=s.pooling,
+            dropout=s.dropout,
+            freeze_word_embeddings=s.freeze_word_embeddings,
+            name=name,
+        )
 
 
 def _optimizer(run, examples):
@@ -122,24 +124,27 @@ def train_distilled(run, seed):
         from kd_tf.pipeline.student_init import student_files
 
         files = student_files(run)
-        teacher = hidden_states.teacher_view(run.load_model("teacher"), files.vocabulary)
+        with distributed.scope(run):
+            teacher = hidden_states.teacher_view(run.load_model("teacher"), files.vocabulary)
         features = hidden_states.layer_matches(
             run.config.student.init_layers, k.hidden_state_loss, k.hidden_state_weight
         )
     elif k.cache_teacher:
         outputs = {"teacher_outputs": {"logits": run.teacher_logits()[1]}}
     else:
-        teacher = run.load_model("teacher")
+        with distributed.scope(run):
+            teacher = run.load_model("teacher")
     train_ds = run.dataset(data, shuffle=True, seed=seed, role="student", **outputs)
-    distiller = Distiller(student=student, teacher=teacher, features=features)
-    distiller.compile(
-        optimizer=_optimizer(run, len(data)),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        distillation_loss_fn=k.loss,
-        alpha=k.alpha,
-        temperature=k.temperature,
-        jit_compile=run.jit(),
-    )
+    with distributed.scope(run):
+        distiller = Distiller(student=student, teacher=teacher, features=features)
+        distiller.compile(
+            optimizer=_optimizer(run, len(data)),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            distillation_loss_fn=k.loss,
+            alpha=k.alpha,
+            temperature=k.temperature,
+            jit_compile=run.jit(),
+        )
     if features:
         hidden_states.start_projections(distiller.feature_matches, files.encoder)
     # Students never stop early (patience = epochs); the best epoch's weights are kept.
@@ -167,20 +172,15 @@ def train_baseline(run, seed):
     baseline, result = train_baseline(run, run.config.seed)
     ```
     """
-    import keras
-
     train = run.splits["train"]
     student = new_student(run, "baseline", seed)
-    student.compile(
-        optimizer=_optimizer(run, len(train)),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=run.jit_for_keras(),
-    )
+    with distributed.scope(run):
+        optimizer = _optimizer(run, len(train))
+    trainer = distributed.compile_on_labels(run, student, optimizer)
     train_ds = run.dataset(train, shuffle=True, seed=seed, role="baseline")
     epochs = run.config.student.epochs
     what, log = "the label-only student", _log_name("baseline", seed, run)
-    result = run.fit(student, student, train_ds, epochs, "student", what, log, role="baseline")
+    result = run.fit(trainer, student, train_ds, epochs, "student", what, log, role="baseline")
     return student, result
 
 

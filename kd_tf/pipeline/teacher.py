@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from kd_tf.pipeline import distributed
 from kd_tf.pipeline.classification_data import data_fingerprint
 from kd_tf.pipeline.run_folder import PipelineError
 
@@ -84,23 +85,20 @@ def train_teacher(run):
     t, d = run.config.teacher, run.config.data
     keras.utils.set_random_seed(run.config.seed)
     splits = run.splits
-    model = models.build_classifier(
-        run.handles[0],
-        len(splits["label_names"]),
-        pooling=t.pooling,
-        dropout=t.dropout,
-        freeze_word_embeddings=t.freeze_word_embeddings,
-        name="teacher",
-    )
-    total = training.steps_per_epoch(len(splits["train"]), d.batch_size) * t.epochs
-    model.compile(
-        optimizer=training.optimizer(t.learning_rate, t.weight_decay, t.warmup_fraction, total),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=run.jit_for_keras(),
-    )
+    with distributed.scope(run):
+        model = models.build_classifier(
+            run.handles[0],
+            len(splits["label_names"]),
+            pooling=t.pooling,
+            dropout=t.dropout,
+            freeze_word_embeddings=t.freeze_word_embeddings,
+            name="teacher",
+        )
+        total = training.steps_per_epoch(len(splits["train"]), d.batch_size) * t.epochs
+        optimizer = training.optimizer(t.learning_rate, t.weight_decay, t.warmup_fraction, total)
+    trainer = distributed.compile_on_labels(run, model, optimizer)
     train_ds = run.dataset(splits["train"], shuffle=True)
-    result = run.fit(model, model, train_ds, t.early_stopping_patience, "teacher", "the teacher", "teacher")
+    result = run.fit(trainer, model, train_ds, t.early_stopping_patience, "teacher", "the teacher", "teacher")
     details = run._save("teacher", model, result)
     encoder = models.find_encoder(model)
     hub_dir = run.folder.path("teacher", "hub_encoder")
@@ -135,14 +133,15 @@ def cached_logits(run):
 
     data = run.train_set()
     cache = TeacherCache(
-        run.folder.path("teacher_cache"),
+        distributed.shared_path(run, "teacher_cache"),  # every worker's shards meet in the chief's
         run.load_model("teacher"),
         batch_size=run.config.data.batch_size,
         progress=run.verbose == 1,
     )
     dataset = run.dataset(data, bucketing=False, include_labels=False).unbatch()
     try:
-        key = cache.build(dataset, dataset_id=f"{data_fingerprint(data)}/{run.config.data.seq_length}")
+        dataset_id = f"{data_fingerprint(data)}/{run.config.data.seq_length}"
+        key = distributed.build_teacher_cache(run, cache, dataset, dataset_id)
     except ValueError as e:
         if "non-finite" not in str(e):
             raise
