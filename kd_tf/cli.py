@@ -67,7 +67,7 @@ def _pipeline(args, steps, default_config=None, task=None):
     mine = {"distill": ("teacher",), "sweep": ("teacher", "cache")}.get(args.command, ())
     own = [s for s in steps if s not in mine]
     records = runner.run(steps, force=own if args.force else (), fresh=args.fresh)
-    print(f"run folder: {config.run_dir}")
+    print(f"run folder: {runner.folder.root}")  # another multi-worker worker's own folder
     print(
         "time per step: "
         + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in records.items())
@@ -167,8 +167,13 @@ def _sweep(args):
 
 
 def _report(args):
-    from kd_tf.classify import report
+    from kd_tf import config as config_lib
 
+    path = os.path.join(args.run_dir, "config.yaml")
+    if os.path.isfile(path) and config_lib.load_config(path).task == "causal_lm":
+        from kd_tf.lm import report
+    else:
+        from kd_tf.classify import report
     built = report.build_report(args.run_dir)
     paths = report.write_report(built, args.run_dir)
     report.print_summary(built)
@@ -371,16 +376,23 @@ def build_parser():
     p.add_argument("--latency-runs", type=int, default=20)
     p.set_defaults(func=_export_lm)
 
-    from kd_tf.pipeline import STEPS
+    from kd_tf.pipeline import STEPS, CausalLMRun
 
     runs = [
+        (
+            "lm-demo",
+            "the offline causal-LM demo: SmolLM2 distilled into a 6-block student on IMDB reviews, "
+            "~15 min on 2 cores",
+            CausalLMRun.steps,
+            "lm_demo.yaml",
+        ),
         (
             "demo",
             "the offline demo: MiniLM teacher, 2-layer student, real IMDB, ~15 min on 2 cores",
             STEPS,
             "demo.yaml",
         ),
-        ("run", "every step of a configured run", STEPS, None),
+        ("run", "every step of a configured run", None, None),
         ("finetune-teacher", "fine-tune the teacher of a run", ("teacher",), None),
         (
             "distill",
@@ -395,8 +407,9 @@ def build_parser():
             name,
             help=text,
             description=(
-                f"{text[0].upper()}{text[1:]}. Steps: {', '.join(steps)}. Finished steps of the "
-                f"run folder are reused; --force reruns them."
+                f"{text[0].upper()}{text[1:]}. Steps: {', '.join(steps or STEPS)}"
+                + ("" if steps else f" (task: causal_lm: {', '.join(CausalLMRun.steps)})")
+                + ". Finished steps of the run folder are reused; --force reruns them."
             ),
         )
         cli_args.add_run_options(p, config_required=default is None)

@@ -31,6 +31,8 @@ from typing import Optional
 import yaml
 
 from kd_tf import config_parse
+from kd_tf.config_distribute import DistributeConfig, check_distribute
+from kd_tf.config_lm import TASKS, CausalLMConfig, check_causal_lm, check_task_sections, unused_sections
 from kd_tf.config_parse import ConfigError, apply_overrides
 from kd_tf.config_parse import field as _field
 from kd_tf.config_students import check_student_shape, check_sweep, check_vocabulary, fail, sweep_student
@@ -317,6 +319,12 @@ class SweepConfig:
 class RunConfig:
     """One run: `saved_models/<run_name>/` holds everything it writes."""
 
+    task: str = _field(
+        "classification",
+        "classification (a text classifier: the data, teacher, student, distill, export and sweep sections) "
+        "or causal_lm (a causal language model: the causal_lm section, kd_tf.config_lm)",
+        choices=TASKS,
+    )
     run_name: str = _field("run", "folder name of the run under output_dir (a plain name: not . or ..)")
     output_dir: str = _field("saved_models", "parent folder of runs")
     seed: int = _field(42, "seed of splits, sampling, initialisation and shuffling", check=_seed)
@@ -327,6 +335,12 @@ class RunConfig:
     export: ExportConfig = _field(None, "export", default_factory=ExportConfig)
     evaluate: EvaluateConfig = _field(None, "evaluation", default_factory=EvaluateConfig)
     sweep: SweepConfig = _field(None, "compression sweep", default_factory=SweepConfig)
+    distribute: DistributeConfig = _field(
+        None, "where training runs: GPUs, hosts, TPUs (docs/scale.md)", default_factory=DistributeConfig
+    )
+    causal_lm: CausalLMConfig = _field(
+        None, "causal-LM distillation (task: causal_lm; docs/lm.md)", default_factory=CausalLMConfig
+    )
 
     @property
     def run_dir(self):
@@ -363,6 +377,9 @@ def _cross_checks(config):
     teacher = config.teacher.encoder
     check_student_shape(s, TEACHER_SHAPES.get(teacher) if s.encoder is None else None, teacher)
     check_sweep(config, TEACHER_SHAPES.get(teacher))
+    check_distribute(config.distribute)
+    if config.task == "causal_lm":
+        check_causal_lm(config.causal_lm)
     name = config.run_name
     if name in ("", ".", "..") or any(c in name for c in ("/", "\\", "\0")) or os.sep in name:
         raise ConfigError(
@@ -392,12 +409,14 @@ def config_from_dict(values):
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"a run config is a mapping of keys, got {values!r}.")
+    check_task_sections(values)
     return _cross_checks(config_parse.build(RunConfig, values))
 
 
 def config_to_dict(config):
-    """The config as plain nested dicts (what `save_config` writes)."""
-    return dataclasses.asdict(config)
+    """The config as plain nested dicts (what `save_config` writes): the sections its task reads."""
+    unused = unused_sections(config.task)
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in unused}
 
 
 def load_config(path=None, overrides=()):
@@ -476,6 +495,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DistillConfig",
+    "DistributeConfig",
     "EvaluateConfig",
     "ExportConfig",
     "RunConfig",

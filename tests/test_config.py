@@ -39,6 +39,19 @@ def test_demo_config_values():
     assert config.run_dir == os.path.join("saved_models", "demo")
 
 
+def test_training_runs_on_one_device_unless_the_config_says_otherwise():
+    config = load_config(CONFIGS[0])
+    assert (config.distribute.strategy, config.distribute.devices, config.distribute.backup) == (
+        "none",
+        None,
+        True,
+    )
+    mirrored = load_config(
+        CONFIGS[0], ["distribute.strategy=mirrored", "distribute.devices=['/gpu:0', '/gpu:1']"]
+    )
+    assert mirrored.distribute.devices == ["/gpu:0", "/gpu:1"]
+
+
 def test_set_overrides_parse_yaml_values():
     config = load_config(
         CONFIGS[0],
@@ -81,6 +94,13 @@ def test_set_overrides_parse_yaml_values():
         ("data.batch_size=100000", "data.batch_size: 100000 is impossible: it must be in [1, 8192]"),
         ("student.init_layers=[1, 1]", "student.init_layers: [1, 1] repeats [1]"),
         ("student.init_layers=[-1, 2]", "student.init_layers: [-1, 2] is impossible: it must be >= 0"),
+        (
+            "distribute.strategy=gpus",
+            "distribute.strategy: 'gpus' is not one of none, mirrored, multi_worker",
+        ),
+        ("distribute.communication=mpi", "distribute.communication: 'mpi' is not one of auto, ring, nccl"),
+        ("distribute.devices=['/gpu:0']", "distribute.devices: only the mirrored strategy trains on listed"),
+        ("distribute.shard_timeout=0", "distribute.shard_timeout: 0.0 is impossible: it must be > 0"),
         (
             "student.init_layers=[1, 6]",
             "student.init_layers: [1, 6] names block 6, but the teacher kd-tf:all-MiniLM-L6-v2 has 6 blocks",

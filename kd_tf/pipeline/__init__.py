@@ -4,6 +4,7 @@
 * `run_folder`: `RunFolder`, the folder of a run: its step records, its lock; `PipelineError`.
 * `training`: fitting a model of a run (stop on a non-finite loss, keep the best finite epoch).
 * `classification`: the steps of the text-classification run (`ClassificationRun`).
+* `causal_lm`: the steps of the causal-LM distillation run (`CausalLMRun`, `task: causal_lm`).
 * `classification_data`: its data, splits and their fingerprints.
 * `students`: the distilled and the label-only student, trained for one seed.
 * `seeds`: the seeds step (both students again with more seeds, scored on the test split).
@@ -17,6 +18,7 @@
 """
 
 import kd_tf
+from kd_tf.pipeline.causal_lm import CausalLMRun
 from kd_tf.pipeline.classification import ClassificationRun, resolve_teacher_handles
 from kd_tf.pipeline.classification_data import data_fingerprint, load_splits
 from kd_tf.pipeline.finished_run import open_run, predict_texts, read_texts
@@ -28,6 +30,7 @@ from kd_tf.pipeline.test_sets import evaluate_test_file
 
 __all__ = [
     "STEPS",
+    "CausalLMRun",
     "ClassificationRun",
     "Pipeline",
     "PipelineError",

@@ -129,7 +129,7 @@ class RunFolder:
         return (
             isinstance(values, dict)
             and values.get("run_name") == os.path.basename(self.root)
-            and {"data", "teacher", "student"} <= set(values)
+            and ({"data", "teacher", "student"} <= set(values) or "causal_lm" in values)
         )
 
     def delete(self):
@@ -324,13 +324,14 @@ class RunFolder:
         if os.path.exists(path) and self.has_finished_steps():
             previous = config_lib.config_to_dict(config_lib.load_config(path))
             changed = _changed_keys(previous, config_lib.config_to_dict(self.config))
-            # Export and evaluation settings, the number of seeds and the sweep's list of students do not
-            # change trained models (a sweep student whose shape changed is trained again: its record is
-            # stale, see kd_tf.pipeline.sweep).
+            # Export and evaluation settings, where training runs, the number of seeds and the sweep's list
+            # of students do not change trained models (a sweep student whose shape changed is trained
+            # again: its record is stale, see kd_tf.pipeline.sweep).
             trained = [
                 k
                 for k in changed
-                if not k.startswith(("export.", "evaluate.")) and k not in ("distill.seeds", "sweep.students")
+                if not k.startswith(("export.", "evaluate.", "distribute.", "causal_lm.evaluate."))
+                and k not in ("distill.seeds", "sweep.students")
             ]
             if trained:
                 raise PipelineError(

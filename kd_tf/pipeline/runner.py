@@ -13,17 +13,37 @@ whose records a new result of `step` makes stale (by default every later step).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 
 from kd_tf.json_files import strict_json
+from kd_tf.pipeline.causal_lm import CausalLMRun
 from kd_tf.pipeline.classification import ClassificationRun
 from kd_tf.pipeline.run_folder import PipelineError, RunFolder
 
 STEPS = ClassificationRun.steps
+TASK_RUNS = {"classification": ClassificationRun, "causal_lm": CausalLMRun}
+"""The class of each `task:`'s steps."""
 
 
 def _log(message):
     print(message, flush=True)
+
+
+def _own_config(config):
+    """The config of this process's run folder: `config`, or on a multi-worker worker other than the chief
+    one whose `run_name` is that of the worker's own folder. Sets up the run's strategy (`make_strategy`
+    must run before TensorFlow does)."""
+    section = getattr(config, "distribute", None)
+    if section is None or section.strategy == "none":
+        return config
+    from kd_tf import distribute
+
+    folder = distribute.worker_folder(config.run_dir, distribute.strategy_from_config(section))
+    if folder == config.run_dir:
+        return config
+    return dataclasses.replace(config, run_name=os.path.basename(folder))
 
 
 def _same_result(a, b):
@@ -39,11 +59,14 @@ class Pipeline:
     Args:
         config: a `kd_tf.config.RunConfig`.
         verbose: Keras progress bars (1) or one line per epoch (2).
-        task: the class of the task's steps (default `ClassificationRun`); it is built as
-            `task(config, folder, verbose=verbose)`.
+        task: the class of the task's steps (default: that of `config.task`, `ClassificationRun` or
+            `CausalLMRun`); it is built as `task(config, folder, verbose=verbose)`.
+
+    With `distribute.strategy` set, the strategy is set up first (before TensorFlow runs anything), and a
+    multi-worker worker other than the chief gets a run folder of its own (`kd_tf.distribute.worker_folder`).
 
     Attributes:
-        folder: the run's `RunFolder` (`config.run_dir` is its path).
+        folder: the run's `RunFolder` (`config.run_dir` is its path; another worker's own folder).
         task: the object whose `step_<name>()` methods do the work.
 
     Example:
@@ -55,8 +78,9 @@ class Pipeline:
 
     def __init__(self, config, verbose=1, task=None):
         self.config = config
-        self.folder = RunFolder(config)
-        self.task = (task or ClassificationRun)(config, self.folder, verbose=verbose)
+        self.folder = RunFolder(_own_config(config))
+        task = task or TASK_RUNS[getattr(config, "task", "classification")]
+        self.task = task(config, self.folder, verbose=verbose)
 
     @property
     def steps(self):
