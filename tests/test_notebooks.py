@@ -8,6 +8,7 @@ limit fails.
 """
 
 import json
+import math
 import os
 import time
 
@@ -226,3 +227,63 @@ def test_03_export_for_mobile(tmp_path, tiny_encoder, tiny_preprocessor):
     assert [name for name, _ in results["mediapipe_top"]] == results["keras_labels"]
     assert (out / "export" / "tflite" / "model_dynamic_int8.tflite").exists()
     assert "MediaPipe:" in text_output(nb)
+
+
+def test_06_distilling_a_language_model(tmp_path, monkeypatch):
+    """Token-level distillation of a tiny random 4-block Llama (`tests/lm_tiny.py`) into 2 of its blocks, on
+    real IMDB reviews, against a cross-entropy twin, and the student's LiteRT export."""
+    from kd_tf.lm import convert_gguf
+    from tests.lm_tiny import write_tiny_gguf
+
+    monkeypatch.setenv("KD_TF_CACHE", str(tmp_path / "model_cache"))
+    write_tiny_gguf(tmp_path / "tiny.gguf", seed=5, num_layers=4)
+    teacher = convert_gguf(tmp_path / "tiny.gguf", tmp_path / "hf")
+    out = tmp_path / "out"
+    nb, _ = run_notebook(
+        "06_distilling_a_language_model.ipynb",
+        {
+            "TEACHER": str(teacher),
+            "STUDENT_BLOCKS": [0, 3],
+            "DOCUMENTS": 40,
+            "HELDOUT_FRACTION": 0.25,
+            "SEQUENCE_LENGTH": 32,
+            "TRAIN_TOKENS": 512,
+            "BATCH_SIZE": 4,
+            "EPOCHS": 2,
+            "LEARNING_RATE": 1e-2,
+            "HELDOUT_TOKENS": 160,
+            "NEW_TOKENS": 4,
+            "EXPORT": True,
+            "OUT_DIR": str(out),
+        },
+        120,
+    )
+    results = read_results(out)
+    assert results["teacher"]["blocks"] == 4 and results["student"]["blocks"] == [0, 3]
+    assert results["student"]["parameters"] < results["teacher"]["parameters"]
+    distilled, ce_only = results["distilled"], results["ce_only"]
+    assert distilled["steps"] == ce_only["steps"] == 2 * 512 // (32 * 4)
+    assert distilled["tokens"] == ce_only["tokens"] == 2 * 512
+    assert results["cache"]["k"] == 16 and results["cache"]["samples"] == 48
+    assert 0 < results["cache"]["bytes_per_token"] < results["cache"]["dense_bytes_per_token"]
+    # The cache built by the notebook is the one distill_causal_lm read: one key in the folder.
+    cached = [name for name in os.listdir(out / "teacher_cache") if not name.startswith(".")]
+    assert cached == [results["cache"]["key"]]
+    rows = {r["model"]: r for r in results["rows"]}
+    assert list(rows) == ["teacher", "cut, untrained", "distilled", "cross-entropy only"]
+    assert [rows[name]["blocks"] for name in rows] == [4, 2, 2, 2]
+    for name, r in rows.items():
+        assert math.isfinite(r["perplexity"]) and r["perplexity"] > 1.0
+        assert r["tokens"] == results["heldout_tokens"] == 160
+        assert name == "teacher" or 0.0 <= r["agreement"] <= 1.0
+    # The random teacher is no model of English: only the distilled student learns to agree with it.
+    assert rows["distilled"]["agreement"] > 2 * rows["cross-entropy only"]["agreement"]
+    assert distilled["history"]["distillation_loss"][-1] < distilled["history"]["distillation_loss"][0]
+    assert ce_only["history"]["loss"][-1] < ce_only["history"]["loss"][0]
+    assert set(results["generations"]) == {"prompt", "teacher", "distilled", "cross-entropy only"}
+    assert all(v > 0 for v in results["tokens_per_s"].values())
+    assert os.path.exists(out / "heldout_perplexity.png") and images_shown(nb) >= 1
+    assert list(results["export"]) == ["float32", "dynamic_int8"]
+    assert all(math.isfinite(r["perplexity_change"]) for r in results["export"].values())
+    assert (out / "export" / "litert" / "model_dynamic_int8.tflite").is_file()
+    assert "cross-entropy only" in text_output(nb)
