@@ -367,7 +367,11 @@ class TeacherCache:
                 f"No complete teacher cache {key!r} in {self.directory}; call build(dataset) first."
             )
         store.verify(self.path(key), meta, checksums=False)
-        return store.open_columns(self.path(key), meta)
+        return self._open_columns(self.path(key), meta)
+
+    def _open_columns(self, folder, meta):
+        """The memory-mapped columns of a complete cache folder (a sharded cache joins its shards)."""
+        return store.open_columns(folder, meta)
 
     def attach(self, dataset, dataset_id=None):
         """The dataset with the teacher's outputs attached to each example (computed if needed), streamed

@@ -294,26 +294,8 @@ class SparseTeacherCache(TeacherCache):
         return dict(key=key, shards=len(written), reused_shards=reused, computed_shards=len(written) - reused)
 
     # ---------------------------------------------------------------- reading
-    def load(self, key):
-        """The cached targets by name, each joined across its shards and memory-mapped (see
-        `TeacherCache.load`).
-
-        Raises:
-            FileNotFoundError: If no complete cache has this key; call `build` first.
-            kd_tf.distill.cache_store.CacheDamaged: If a file's size differs from `meta.json`.
-
-        Example:
-        ```python
-        ids = cache.load(key)["sparse_ids"]   # uint16 rows [L, k], one per window
-        ```
-        """
-        meta = store.read_meta(self.path(key))
-        if meta is None:
-            raise FileNotFoundError(
-                f"No complete teacher cache {key!r} in {self.directory}; call build(dataset) first."
-            )
-        store.verify(self.path(key), meta, checksums=False)
-        return shards.open_columns(self.path(key), meta)
+    def _open_columns(self, folder, meta):
+        return shards.open_columns(folder, meta)
 
     def bytes_per_token(self, key):
         """Bytes of the stored targets per stored token position (padding included), from the files.
