@@ -132,6 +132,12 @@ class TeacherConfig:
     early_stopping_patience: int = _field(
         1, "epochs without validation gain before stopping", check=_non_negative
     )
+    train_top_blocks: Optional[int] = _field(
+        None,
+        "null: fine-tune every block; N: only the top N blocks (and the head), on the lower blocks' outputs "
+        "computed once and reused every epoch (needs a kd-tf-written encoder, e.g. kd-tf:all-MiniLM-L6-v2)",
+        check=_non_negative,
+    )
 
 
 @dataclasses.dataclass

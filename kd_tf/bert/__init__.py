@@ -10,6 +10,7 @@ converters and presets.
   `write_pruned_bert`), so a student keeps only the embedding rows its texts need.
 * `narrow`: narrower, shallower students sliced from a teacher by measured importance
   (`write_narrow_student`, `narrow_projection`).
+* `split`: an encoder cut at a block (`split_encoder`): frozen blocks below, trainable blocks above.
 * `presets`: `HANDLES` (published models by name) and `LOCAL_PRESETS` (`kd-tf:all-MiniLM-L6-v2`).
 """
 

@@ -6,6 +6,7 @@
 * `splits`: `stratified_split`.
 * `batching`: `make_dataset`, a `TextDataset` into tokenised, bucketed `tf.data` batches.
 * `models`: `build_classifier` (TF Hub encoder + pooling + head), `feature_model`, `parameter_count`.
+* `upper_blocks`: fine-tuning only an encoder's top blocks on its lower blocks' outputs, computed once.
 * `evaluate`: predictions, quality, size and speed of a model.
 * `report`: the teacher-versus-student report of a run.
 """

@@ -294,7 +294,9 @@ class ClassificationRun:
 
         return resolve_jit_compile(self.jit())
 
-    def fit(self, trainer, model, train_ds, patience, section, what, log_name, role="teacher"):
+    def fit(
+        self, trainer, model, train_ds, patience, section, what, log_name, role="teacher", validation=None
+    ):
         """Fits `trainer` (`model` itself or a Distiller) and leaves `model` with its best finite epoch.
 
         Args:
@@ -306,6 +308,8 @@ class ClassificationRun:
             what: the model in words, for messages.
             log_name: its TensorBoard folder under `logs/`.
             role: whose preprocessor tokenizes the validation split.
+            validation: the validation `tf.data.Dataset` when it is not the validation split's texts (e.g.
+                cached lower-block outputs).
 
         Returns:
             A `kd_tf.pipeline.training.FitResult`.
@@ -317,7 +321,7 @@ class ClassificationRun:
             trainer,
             model,
             train_ds,
-            self.dataset(self.splits["validation"], role=role),
+            validation if validation is not None else self.dataset(self.splits["validation"], role=role),
             epochs=getattr(self.config, section).epochs,
             patience=patience,
             callbacks=self._callbacks(log_name) + distributed.backup_callbacks(self, log_name),

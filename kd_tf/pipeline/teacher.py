@@ -3,7 +3,9 @@
 * `resolve_teacher_handles`: the encoder and preprocessor handles of the configured teacher;
 * `train_teacher` (the teacher step): fine-tune encoder + head on the labelled training split (AdamW, linear
   warmup then cosine decay, early stopping on validation accuracy, best weights kept) -> `teacher/`, and
-  the fine-tuned encoder in TF Hub format (`teacher/hub_encoder`, what students are cut from);
+  the fine-tuned encoder in TF Hub format (`teacher/hub_encoder`, what students are cut from). With
+  `teacher.train_top_blocks: N` only the top N blocks and the head learn, on the lower blocks' outputs
+  computed once (`kd_tf.classify.upper_blocks`);
 * `cached_logits` (the cache step): its logits over the training (and transfer) texts, tokenized by the
   teacher's own preprocessor, computed once -> `teacher_cache/`. They are per text, so students with
   another tokenizer (a pruned vocabulary) use them as they are.
@@ -96,9 +98,14 @@ def train_teacher(run):
         )
         total = training.steps_per_epoch(len(splits["train"]), d.batch_size) * t.epochs
         optimizer = training.optimizer(t.learning_rate, t.weight_decay, t.warmup_fraction, total)
-    trainer = distributed.compile_on_labels(run, model, optimizer)
-    train_ds = run.dataset(splits["train"], shuffle=True)
-    result = run.fit(trainer, model, train_ds, t.early_stopping_patience, "teacher", "the teacher", "teacher")
+    if t.train_top_blocks is None:
+        trainer = distributed.compile_on_labels(run, model, optimizer)
+        train_ds = run.dataset(splits["train"], shuffle=True)
+        result = run.fit(
+            trainer, model, train_ds, t.early_stopping_patience, "teacher", "the teacher", "teacher"
+        )
+    else:
+        result = _fit_top_blocks(run, model, optimizer)
     details = run._save("teacher", model, result)
     encoder = models.find_encoder(model)
     hub_dir = run.folder.path("teacher", "hub_encoder")
@@ -109,6 +116,66 @@ def train_teacher(run):
     else:  # a published TF Hub encoder: kd-tf cannot rebuild its architecture
         hub_dir = None
     return {**details, "hub_encoder": hub_dir}
+
+
+def _fit_top_blocks(run, model, optimizer):
+    """Trains the top `teacher.train_top_blocks` blocks and the head of `model` on the lower blocks'
+    outputs, computed once; the trained weights end in `model`. Returns the `FitResult` (its seconds
+    include the lower blocks' pass)."""
+    import time
+
+    from kd_tf.bert import hub_format
+    from kd_tf.bert.split import split_encoder
+    from kd_tf.classify import models, upper_blocks
+
+    t, splits = run.config.teacher, run.splits
+    hub_layer = models.find_encoder(model)
+    try:
+        with distributed.scope(run):
+            encoder = hub_format.load_bert_encoder(hub_layer.handle, variables=hub_layer.saved_variables)
+            below, above = split_encoder(encoder, t.train_top_blocks)
+            upper = upper_blocks.build_upper_classifier(
+                above, len(splits["label_names"]), pooling=t.pooling, dropout=t.dropout, name="teacher_top"
+            )
+    except (ValueError, OSError) as e:
+        raise PipelineError(
+            f"teacher.train_top_blocks={t.train_top_blocks}: {e} Training only the top blocks needs a "
+            f"kd-tf-written encoder (kd-tf:all-MiniLM-L6-v2, or a folder from kd_tf.bert.hub_format) with "
+            f"at least that many blocks; set teacher.train_top_blocks to null to fine-tune every block."
+        ) from None
+    start = time.perf_counter()
+    _log(f"The teacher's lower {len(below.blocks)} blocks are frozen: computing their outputs once.")
+    try:
+        cached = {
+            name: upper_blocks.lower_block_outputs(
+                below, run.dataset(splits[name], bucketing=False), verbose=run.verbose
+            )
+            for name in ("train", "validation")
+        }
+    except ValueError as e:
+        raise PipelineError(f"the teacher step of {run.folder.root}: {e} ({t.encoder})") from None
+    lower_seconds = time.perf_counter() - start
+    d = run.config.data
+    train_ds = upper_blocks.outputs_dataset(
+        cached["train"], splits["train"].labels, d.batch_size, shuffle=True, seed=run.config.seed
+    )
+    val_ds = upper_blocks.outputs_dataset(cached["validation"], splits["validation"].labels, d.batch_size)
+    trainer = distributed.compile_on_labels(run, upper, optimizer)
+    result = run.fit(
+        trainer,
+        upper,
+        train_ds,
+        t.early_stopping_patience,
+        "teacher",
+        "the teacher",
+        "teacher",
+        validation=val_ds,
+    )
+    for target, value in zip(hub_layer.saved_variables, encoder.variables):
+        target.assign(value)  # the trained top blocks back into the teacher's TF Hub encoder
+    upper_blocks.copy_head(upper, model)
+    result.seconds += lower_seconds
+    return result
 
 
 def cached_logits(run):
