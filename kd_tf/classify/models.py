@@ -89,10 +89,7 @@ def build_classifier(
     model.output_shape  # (None, 2)
     ```
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling={pooling!r}; choose one of {POOLINGS}.")
-    if int(num_classes) < 2:
-        raise ValueError(f"num_classes={num_classes}; a classifier needs >= 2.")
+    check_head(num_classes, pooling)
     if not isinstance(encoder, HubEncoder):
         encoder = HubEncoder(
             encoder,
@@ -101,16 +98,44 @@ def build_classifier(
             frozen=("word_embeddings",) if freeze_word_embeddings else (),
         )
     inputs = encoder_inputs(seq_length)
-    outputs = encoder(inputs)
-    if pooling == "pooled":
-        features = outputs["pooled_output"]
-    elif pooling == "cls":
-        features = outputs["sequence_output"][:, 0, :]
-    else:
-        features = MaskedMeanPooling(name="mean_pooling")(outputs["sequence_output"], inputs["input_mask"])
-    features = keras.layers.Dropout(dropout, name="head_dropout")(features)
-    logits = keras.layers.Dense(int(num_classes), name="logits")(features)
+    logits = classifier_head(encoder(inputs), inputs["input_mask"], num_classes, pooling, dropout)
     return keras.Model(inputs, logits, name=name)
+
+
+def check_head(num_classes, pooling):
+    """Raises ValueError on an unknown `pooling` or `num_classes < 2`."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r}; choose one of {POOLINGS}.")
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes={num_classes}; a classifier needs >= 2.")
+
+
+def classifier_head(encoded, mask, num_classes, pooling, dropout):
+    """Pooling, dropout and the dense `"logits"` layer on an encoder's TF Hub output dict (symbolic).
+
+    Args:
+        encoded: a dict with `sequence_output` and `pooled_output`.
+        mask: the `input_mask` (1 for tokens), for mean pooling.
+        num_classes: number of labels.
+        pooling: `"pooled"`, `"cls"` or `"mean"`.
+        dropout: dropout rate before the head.
+
+    Returns:
+        The logits `[batch, num_classes]`.
+
+    Example:
+    ```python
+    logits = classifier_head(encoder(inputs), inputs["input_mask"], 2, "mean", 0.1)
+    ```
+    """
+    if pooling == "pooled":
+        features = encoded["pooled_output"]
+    elif pooling == "cls":
+        features = encoded["sequence_output"][:, 0, :]
+    else:
+        features = MaskedMeanPooling(name="mean_pooling")(encoded["sequence_output"], mask)
+    features = keras.layers.Dropout(dropout, name="head_dropout")(features)
+    return keras.layers.Dense(int(num_classes), name="logits")(features)
 
 
 def find_encoder(model):

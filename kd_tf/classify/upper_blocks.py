@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_tf.bert.split import HIDDEN_STATES
-from kd_tf.classify.models import POOLINGS, MaskedMeanPooling
+from kd_tf.classify.models import check_head, classifier_head
 
 HEAD_LAYER = "logits"
 
@@ -116,24 +116,13 @@ def build_upper_classifier(above, num_classes, pooling="pooled", dropout=0.1, na
     model = build_upper_classifier(above, 2, pooling="mean")
     ```
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling={pooling!r}; choose one of {POOLINGS}.")
-    if int(num_classes) < 2:
-        raise ValueError(f"num_classes={num_classes}; a classifier needs >= 2.")
+    check_head(num_classes, pooling)
     hidden_size = above.pooler.kernel.shape[0]
     inputs = {
         HIDDEN_STATES: keras.Input((None, hidden_size), dtype="float32", name=HIDDEN_STATES),
         "input_mask": keras.Input((None,), dtype="int32", name="input_mask"),
     }
-    encoded = above(inputs)
-    if pooling == "pooled":
-        features = encoded["pooled_output"]
-    elif pooling == "cls":
-        features = encoded["sequence_output"][:, 0, :]
-    else:
-        features = MaskedMeanPooling(name="mean_pooling")(encoded["sequence_output"], inputs["input_mask"])
-    features = keras.layers.Dropout(dropout, name="head_dropout")(features)
-    logits = keras.layers.Dense(int(num_classes), name=HEAD_LAYER)(features)
+    logits = classifier_head(above(inputs), inputs["input_mask"], num_classes, pooling, dropout)
     return keras.Model(inputs, logits, name=name)
 
 
