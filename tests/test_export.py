@@ -124,8 +124,15 @@ def test_report_numbers_and_sizes(exported):
     for variant in GATED_VARIANTS:
         assert saved.tflite[variant]["label_agreement"] >= 0.99
         assert saved.tflite[variant]["mediapipe"]["label_agreement"] >= 0.99
+    assert {v: saved.tflite[v]["word_embeddings"] for v in export.VARIANTS} == {
+        "float32": "float",
+        "float16": "float",
+        "dynamic_int8": "int8_rows",
+        "full_int8": "float",
+    }
     markdown = (out / "export_report.md").read_text()
     assert "| full_int8 |" in markdown and "status: passed" in markdown
+    assert "one scale per row in: dynamic_int8" in markdown
 
 
 def test_the_teacher_is_measured_like_for_like(exported):

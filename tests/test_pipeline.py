@@ -158,7 +158,9 @@ def test_report_is_recomputed_from_saved_predictions(finished_run):
         for variant, figures in entry["tflite"].items():
             assert figures["size_bytes"] == os.path.getsize(os.path.join(run_dir, figures["path"]))
             assert set(figures["latency_ms"]) == {"1", "2"} and set(figures["cpu_ms"]) == {"1"}
-        assert entry["tflite"]["dynamic_int8"]["size_bytes"] < 0.4 * entry["tflite"]["float32"]["size_bytes"]
+        # int8 weights; the word table's int8 rows carry a 4-byte scale each (16 bytes a row at H16).
+        assert entry["tflite"]["dynamic_int8"]["size_bytes"] < 0.5 * entry["tflite"]["float32"]["size_bytes"]
+        assert {f["word_embeddings"] for f in entry["tflite"].values()} == {"float", "int8_rows"}
     ratios = report["comparison"]["like_for_like"]["student"]
     for variant in ("float32", "dynamic_int8"):
         size = s["tflite"][variant]["size_bytes"] / t["tflite"][variant]["size_bytes"]

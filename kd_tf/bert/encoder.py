@@ -138,11 +138,19 @@ def _initializer(config: BertConfig):
 
 
 class BertEmbeddings(keras.layers.Layer):
-    """Word + position + segment embeddings, then LayerNorm and dropout."""
+    """Word + position + segment embeddings, then LayerNorm and dropout.
 
-    def __init__(self, config: BertConfig, **kwargs):
+    Args:
+        config: a `BertConfig`.
+        word_lookup: optional layer from int32 word ids `[batch, seq]` to word vectors
+            `[batch, seq, hidden]`, used instead of gathering rows of the `word_embeddings` weight
+            (`kd_tf.export.int8_rows` passes one that stores the table as int8 rows).
+    """
+
+    def __init__(self, config: BertConfig, word_lookup=None, **kwargs):
         super().__init__(**kwargs)
         self.config = config
+        self.word_lookup = word_lookup
         init = _initializer(config)
         self.word_embeddings = self.add_weight(
             shape=(config.vocab_size, config.hidden_size), initializer=init, name="word_embeddings"
@@ -162,7 +170,10 @@ class BertEmbeddings(keras.layers.Layer):
 
     def call(self, word_ids, type_ids, training=False):
         seq_length = tf.shape(word_ids)[1]
-        x = tf.gather(self.word_embeddings, word_ids)
+        if self.word_lookup is None:
+            x = tf.gather(self.word_embeddings, word_ids)
+        else:
+            x = self.word_lookup(word_ids)
         x += self.position_embeddings[tf.newaxis, :seq_length, :]
         x += tf.gather(self.type_embeddings, type_ids)
         return _dropout(self.layer_norm(x), self.config.dropout_rate, training)
@@ -266,6 +277,7 @@ class BertEncoder(keras.Model):
 
     Args:
         config: a `BertConfig`.
+        word_lookup: optional layer that replaces the word-embedding gather (see `BertEmbeddings`).
 
     Example:
     ```python
@@ -279,11 +291,11 @@ class BertEncoder(keras.Model):
     ```
     """
 
-    def __init__(self, config: BertConfig, **kwargs):
+    def __init__(self, config: BertConfig, word_lookup=None, **kwargs):
         kwargs.setdefault("name", "bert_encoder")
         super().__init__(**kwargs)
         self.config = config
-        self.embeddings = BertEmbeddings(config, name="embeddings")
+        self.embeddings = BertEmbeddings(config, word_lookup=word_lookup, name="embeddings")
         self.blocks = [TransformerBlock(config, name=f"layer_{i}") for i in range(config.num_layers)]
         self.pooler = keras.layers.Dense(
             config.hidden_size, activation="tanh", kernel_initializer=_initializer(config), name="pooler"

@@ -14,7 +14,7 @@ import shutil
 
 from kd_tf.classify.evaluate import LIKE_FOR_LIKE_VARIANTS, like_for_like
 from kd_tf.export.checks import load_student
-from kd_tf.export.litert import convert_saved_model, interleaved_latency_ms, tokenize, write_tflite_source
+from kd_tf.export.litert import convert_variants, interleaved_latency_ms, tokenize
 from kd_tf.export.report import VARIANTS, ExportError
 
 
@@ -128,13 +128,13 @@ def _teacher_files(plan, tmp):
     if isinstance(plan.teacher, dict):
         return {v: os.fspath(p) for v, p in plan.teacher.items() if v in plan.variants}, "files given"
     folder = os.path.join(tmp, ".teacher_tflite")
-    write_tflite_source(plan.teacher, plan.seq_length, os.path.join(folder, "source"))
+    variants = [v for v in LIKE_FOR_LIKE_VARIANTS if v in plan.variants]
+    plan.log(f"teacher TFLite {', '.join(variants)} ...")
     files = {}
-    for variant in [v for v in LIKE_FOR_LIKE_VARIANTS if v in plan.variants]:
-        plan.log(f"teacher TFLite {variant} ...")
+    for variant, model in convert_variants(plan.teacher, plan.seq_length, variants, folder):
         files[variant] = os.path.join(folder, f"teacher_{variant}.tflite")
         with open(files[variant], "wb") as f:
-            f.write(convert_saved_model(os.path.join(folder, "source"), variant))
+            f.write(model)
     return files, f"converted from the Keras model {plan.teacher.name!r}"
 
 

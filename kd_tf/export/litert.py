@@ -3,6 +3,11 @@
 `convert_to_tflite` turns a classifier into a batch-1 `.tflite` (float32, float16, dynamic-range int8 or full
 int8) whose inputs are the three int32 BERT inputs at a fixed sequence length and whose output is float32
 probabilities; `LiteRTClassifier` runs such a file with the LiteRT interpreter.
+
+`convert_variants` converts one model to several variants. Its `dynamic_int8` files store the word-embedding
+table as int8 rows with one scale per row (`kd_tf.export.int8_rows`) where the encoder is a kd-tf folder,
+and are TFLite's own dynamic-range quantization (one scale for the table) otherwise; `word_embeddings_storage`
+names which.
 """
 
 from __future__ import annotations
@@ -210,13 +215,22 @@ def tflite_input_names(model_bytes):
     return found
 
 
-def write_tflite_source(student, seq_length, path):
+WORD_EMBEDDINGS = ("float", "int8_rows")
+"""How a TFLite source holds the word-embedding table: as the model's floats (TFLite quantizes them, if at
+all, with one scale for the table), or as int8 rows with one scale each (`kd_tf.export.int8_rows`)."""
+
+
+def write_tflite_source(student, seq_length, path, word_embeddings="float"):
     """Writes a SavedModel of the batch-1 probabilities function TFLite converts (`convert_saved_model`).
 
     Args:
         student: a classifier from `kd_tf.classify.build_classifier` (logits out).
         seq_length: the fixed sequence length of the three int32 inputs.
         path: the folder to write.
+        word_embeddings: one of `WORD_EMBEDDINGS`; `"int8_rows"` needs a kd-tf encoder folder.
+
+    Raises:
+        ValueError: on an unknown `word_embeddings`, or `"int8_rows"` for a published TF Hub encoder.
 
     Example:
     ```python
@@ -224,6 +238,13 @@ def write_tflite_source(student, seq_length, path):
     ```
     """
     import tensorflow as tf
+
+    if word_embeddings not in WORD_EMBEDDINGS:
+        raise ValueError(f"word_embeddings={word_embeddings!r}; choose one of {WORD_EMBEDDINGS}.")
+    if word_embeddings == "int8_rows":
+        from kd_tf.export.int8_rows import int8_rows_classifier
+
+        student = int8_rows_classifier(student)
 
     root = tf.Module()
     track_weights(root, student)
@@ -268,9 +289,56 @@ def convert_to_tflite(model, seq_length, variant="float32", calibration_inputs=N
     ```
     """
     with tempfile.TemporaryDirectory() as tmp:
-        source = os.path.join(tmp, "source")
-        write_tflite_source(model, seq_length, source)
-        return convert_saved_model(source, variant, calibration_inputs)
+        ((_, model_bytes),) = convert_variants(model, seq_length, [variant], tmp, calibration_inputs)
+        return model_bytes
+
+
+def word_embeddings_storage(model, variant):
+    """How `convert_variants` stores `model`'s word-embedding table in a `variant` file (`WORD_EMBEDDINGS`).
+
+    `"int8_rows"` for `dynamic_int8` where the encoder is a kd-tf folder, else `"float"` (the other variants
+    keep the table as float, or as TFLite quantizes it).
+
+    Example:
+    ```python
+    word_embeddings_storage(student, "dynamic_int8")  # "int8_rows"
+    ```
+    """
+    from kd_tf.export.int8_rows import int8_rows_supported
+
+    return "int8_rows" if variant == "dynamic_int8" and int8_rows_supported(model) else "float"
+
+
+def convert_variants(model, seq_length, variants, folder, calibration_inputs=None):
+    """Converts a Keras classifier to several TFLite variants, writing each source once.
+
+    Args:
+        model: a classifier from `kd_tf.classify.build_classifier`.
+        seq_length: the fixed sequence length of the three int32 inputs.
+        variants: some of `VARIANTS`, converted in this order.
+        folder: where the sources are written (`source_float`, `source_int8_rows`).
+        calibration_inputs: for `"full_int8"` (see `convert_saved_model`).
+
+    Returns:
+        A list of `(variant, flatbuffer bytes)`.
+
+    Raises:
+        ExportError: if a conversion needs Flex or custom ops.
+
+    Example:
+    ```python
+    files = dict(convert_variants(student, 128, ["float32", "dynamic_int8"], "/tmp/sources"))
+    ```
+    """
+    sources = {}
+    converted = []
+    for variant in variants:
+        storage = word_embeddings_storage(model, variant)
+        if storage not in sources:
+            sources[storage] = os.path.join(folder, f"source_{storage}")
+            write_tflite_source(model, seq_length, sources[storage], word_embeddings=storage)
+        converted.append((variant, convert_saved_model(sources[storage], variant, calibration_inputs)))
+    return converted
 
 
 def convert_saved_model(source, variant, calibration_inputs=None):

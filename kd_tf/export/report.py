@@ -115,7 +115,9 @@ class ExportReport(ReportFiles):
             file without its MediaPipe metadata, what a like-for-like size
             compares) and `cpu_ms` (CPU time at 1 thread). Latencies come
             from `kd_tf.export.litert.interleaved_latency_ms`, the variants
-            (and the teacher's files) taking turns.
+            (and the teacher's files) taking turns. `word_embeddings`: how the
+            file holds the word-embedding table (`"int8_rows"`: int8 with one
+            scale per row; `"float"`: as the variant converts floats).
         teacher: the teacher's like-for-like figures when a teacher was
             given: `tflite` (by variant: `size_bytes`, `latency_ms`,
             `cpu_ms`, timed in the same turns as the student's files) and
@@ -210,6 +212,13 @@ class ExportReport(ReportFiles):
             "`normalize_for_mobile`; raw-text agreement: on the texts "
             "as given.",
         ]
+        rows = [v for v, r in self.tflite.items() if r.get("word_embeddings") == "int8_rows"]
+        if rows:
+            lines += [
+                "",
+                f"Word-embedding table stored as int8 with one scale per row in: {', '.join(rows)} "
+                "(`kd_tf.export.int8_rows`; TFLite's own quantization gives the table one scale).",
+            ]
         lines += self._like_for_like_lines(num)
         lines += ["", "## Thresholds", ""]
         lines += [f"- {k}: {v}" for k, v in self.thresholds.items()]

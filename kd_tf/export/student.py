@@ -57,11 +57,11 @@ from kd_tf.export.like_for_like import check_teacher, time_tflite
 from kd_tf.export.litert import (
     LiteRTClassifier,
     calibration_rows,
-    convert_saved_model,
+    convert_variants,
     tflite_input_names,
     tflite_operators,
     tokenize,
-    write_tflite_source,
+    word_embeddings_storage,
 )
 from kd_tf.export.report import GATED_VARIANTS, VARIANTS, ExportError, ExportReport
 from kd_tf.export.saved_model import write_hub_encoder, write_serving
@@ -396,8 +396,6 @@ def _export_hub_format(plan, tmp, inputs, report, limits):
 
 def _export_tflite(plan, tmp, inputs, reference, report, limits):
     """Step 5: every TFLite variant, with metadata, run on LiteRT and MediaPipe and compared."""
-    source = os.path.join(tmp, ".tflite_source")
-    write_tflite_source(plan.student, plan.seq_length, source)
     calibration_inputs = None
     if "full_int8" in plan.variants:
         calibration_inputs = calibration_rows(plan.preprocessor, plan.calibration_texts, plan.seq_length)
@@ -408,9 +406,11 @@ def _export_tflite(plan, tmp, inputs, reference, report, limits):
     # MediaPipe lower-cases ASCII itself: count only the texts the fold changes beyond that.
     changed = sum(a != _ascii_lower(b) for a, b in zip(folded, plan.sample_texts))
     first = {k: v[:1] for k, v in inputs.items()}
-    for variant in plan.variants:
-        plan.log(f"TFLite {variant} ...")
-        model = convert_saved_model(source, variant, calibration_inputs)
+    plan.log(f"TFLite {', '.join(plan.variants)} ...")
+    sources = os.path.join(tmp, ".tflite_sources")
+    converted = convert_variants(plan.student, plan.seq_length, plan.variants, sources, calibration_inputs)
+    shutil.rmtree(sources)
+    for variant, model in converted:
         model_bytes = len(model)
         relative = f"tflite/model_{variant}.tflite"
         path = os.path.join(tmp, relative)
@@ -424,6 +424,7 @@ def _export_tflite(plan, tmp, inputs, reference, report, limits):
             "path": relative,
             "size_bytes": len(model),
             "model_bytes": model_bytes,
+            "word_embeddings": word_embeddings_storage(plan.student, variant),
             "operators": tflite_operators(model),
         }
         result.update(compare(LiteRTClassifier(path).predict(inputs), reference))
@@ -458,7 +459,6 @@ def _export_tflite(plan, tmp, inputs, reference, report, limits):
             f"  {len(model) / 1e6:.2f} MB, max diff {result['max_abs_diff']:.2e}, agreement "
             f"{result['label_agreement']:.2%}"
         )
-    shutil.rmtree(source)
     return first
 
 

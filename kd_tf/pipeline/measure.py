@@ -83,18 +83,21 @@ def convert_like_for_like(run, model, role, out):
     import tempfile
 
     from kd_tf.classify.evaluate import LIKE_FOR_LIKE_VARIANTS
-    from kd_tf.export.litert import convert_saved_model, write_tflite_source
+    from kd_tf.export.litert import convert_variants, word_embeddings_storage
 
     files = {}
     os.makedirs(run.folder.path(out, "tflite"), exist_ok=True)
     with tempfile.TemporaryDirectory(dir=run.folder.path(out, "tflite")) as tmp:
-        write_tflite_source(model, run.config.export.seq_length, os.path.join(tmp, "source"))
-        for variant in LIKE_FOR_LIKE_VARIANTS:
-            relative = tflite_path(out, role, variant)
-            data = convert_saved_model(os.path.join(tmp, "source"), variant)
-            with open(run.folder.path(relative), "wb") as f:
-                f.write(data)
-            files[variant] = {"path": relative, "size_bytes": len(data)}
+        converted = convert_variants(model, run.config.export.seq_length, LIKE_FOR_LIKE_VARIANTS, tmp)
+    for variant, data in converted:
+        relative = tflite_path(out, role, variant)
+        with open(run.folder.path(relative), "wb") as f:
+            f.write(data)
+        files[variant] = {
+            "path": relative,
+            "size_bytes": len(data),
+            "word_embeddings": word_embeddings_storage(model, variant),
+        }
     return files
 
 
