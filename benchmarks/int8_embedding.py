@@ -4,7 +4,7 @@ TFLite's dynamic-range quantization (`kd_tf.export`'s `dynamic_int8` variant) st
 one scale per output channel but the word-embedding table of a `GATHER` with a single scale for the whole
 table, so rows with small values lose most of their precision. This script isolates that step in Keras: it
 rounds only the distilled student's word-embedding table to int8 (symmetric, one scale for the table, as
-the converter does; then one scale per row, what a per-row lookup would keep), and compares the labels and
+the converter does; then one scale per row, what `kd_tf.export.int8_rows` stores), and compares the labels and
 probabilities on the run's test reviews with the float student's.
 
 Usage:
@@ -87,9 +87,9 @@ def render(rows):
         )
     lines += [
         "",
-        "One scale for the table is what TFLite's dynamic-range quantization gives a `GATHER`'s table; the",
-        "export's `dynamic_int8` files of the same students show the same largest differences (their",
-        "`export_report.md`).",
+        "One scale for the table is what TFLite's dynamic-range quantization gives a `GATHER`'s table; one",
+        "scale per row is what kd-tf's `dynamic_int8` files store (`kd_tf.export.int8_rows`; their",
+        "`export_report.md` gives the whole file's differences).",
         "",
     ]
     return "\n".join(lines)
