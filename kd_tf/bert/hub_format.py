@@ -211,6 +211,19 @@ def write_bert_encoder(
     return save_bert_encoder(BertEncoder(config), path)
 
 
+def is_kd_tf_encoder(path):
+    """Whether `path` is an encoder folder written by this module (so `load_bert_encoder` can rebuild it).
+
+    Example:
+    ```python
+    is_kd_tf_encoder("/tmp/tiny_bert")  # True
+    ```
+    """
+    return isinstance(path, (str, os.PathLike)) and os.path.exists(
+        os.path.join(os.fspath(path), METADATA_FILE)
+    )
+
+
 def read_encoder_metadata(path):
     """Returns the kd-tf metadata of an encoder folder written by this module.
 
@@ -219,7 +232,7 @@ def read_encoder_metadata(path):
             example a published TF Hub model), naming the file looked for.
     """
     meta_path = os.path.join(os.fspath(path), METADATA_FILE)
-    if not os.path.exists(meta_path):
+    if not is_kd_tf_encoder(path):
         raise ValueError(
             f"{path} has no {METADATA_FILE}: it was not written by "
             f"kd_tf.bert.hub_format, so its architecture cannot be rebuilt. Use an "

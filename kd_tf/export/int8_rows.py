@@ -18,8 +18,6 @@ The table costs one byte per weight plus four per row (about 40 KB for a 10,000-
 
 from __future__ import annotations
 
-import os
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -143,8 +141,7 @@ def int8_rows_supported(classifier):
     from kd_tf.classify.models import find_encoder
 
     hub = find_encoder(classifier)
-    folder = hub.handle if isinstance(hub.handle, str) else ""
-    return hub.output_key is None and os.path.exists(os.path.join(folder, hub_format.METADATA_FILE))
+    return hub.output_key is None and hub_format.is_kd_tf_encoder(hub.handle)
 
 
 __all__ = ["Int8RowLookup", "int8_rows_classifier", "int8_rows_supported", "quantize_rows"]

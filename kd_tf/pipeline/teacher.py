@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from kd_tf.pipeline import distributed
@@ -109,7 +107,7 @@ def train_teacher(run):
     details = run._save("teacher", model, result)
     encoder = models.find_encoder(model)
     hub_dir = run.folder.path("teacher", "hub_encoder")
-    if os.path.exists(os.path.join(encoder.handle, hub_format.METADATA_FILE)):
+    if hub_format.is_kd_tf_encoder(encoder.handle):
         # The fine-tuned encoder in TF Hub format: students are cut from it.
         keras_encoder = hub_format.load_bert_encoder(encoder.handle, variables=encoder.saved_variables)
         hub_format.save_bert_encoder(keras_encoder, hub_dir)
